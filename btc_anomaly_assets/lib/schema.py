@@ -1,0 +1,187 @@
+"""Column contracts shared by every layer: the raw lake and the derived DuckDB tables.
+
+Each table is a list of ``Column``; the order is the storage order. Amount columns in the raw
+layer are integer satoshi exactly as Blockchair reports them; derived tables carry the unit in
+the column name (``_btc``, ``_usd``, ``_sat_vb``, ``_vb``, ``_bytes``). Timestamps are naive UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+TIME_BASIS_BLOCK = "block"
+TIME_BASIS_FIRST_SEEN = "first_seen"
+TIME_BASES = (TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN)
+
+SATOSHI_PER_BTC = 100_000_000
+# Blockchair: fee_per_kwu is satoshi per 1000 weight units; 1 vB = 4 WU, so sat/vB = fee_per_kwu / 250.
+FEE_PER_KWU_PER_SAT_VB = 250.0
+# Bitcoin Core 28.3+/30.0 default -minrelaytxfee: 100 sat/kvB = 0.1 sat/vB.
+RELAY_FLOOR_SAT_VB = 0.1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    arrow_type: pa.DataType
+    description: str
+
+    @property
+    def duckdb_type(self) -> str:
+        return _DUCKDB_TYPES[self.arrow_type]
+
+    @property
+    def dagster_type(self) -> str:
+        return self.duckdb_type.lower()
+
+
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us"): "TIMESTAMP",
+    pa.list_(pa.int64()): "BIGINT[]",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+# Blockchair transaction fields, in the order of the dump files (the API adds `id` and `date`).
+BLOCKCHAIR_FIELDS: list[Column] = [
+    Column("block_id", pa.int64(), "Block height; -1 for a mempool transaction"),
+    Column("hash", pa.string(), "Transaction id (64 hex)"),
+    Column("time", pa.timestamp("us"), "Blockchair `time`, naive UTC: block time for confirmed rows, first-seen for mempool rows"),
+    Column("size", pa.int64(), "Serialized size, bytes"),
+    Column("weight", pa.int64(), "Weight, weight units (vsize = weight / 4)"),
+    Column("version", pa.int64(), "Transaction version"),
+    Column("lock_time", pa.int64(), "nLockTime"),
+    Column("is_coinbase", pa.bool_(), "Coinbase transaction"),
+    Column("has_witness", pa.bool_(), "Has segwit witness data"),
+    Column("input_count", pa.int64(), "Number of inputs"),
+    Column("output_count", pa.int64(), "Number of outputs"),
+    Column("input_total", pa.int64(), "Sum of input values, satoshi"),
+    Column("input_total_usd", pa.float64(), "Sum of input values, USD at the day's rate"),
+    Column("output_total", pa.int64(), "Sum of output values, satoshi"),
+    Column("output_total_usd", pa.float64(), "Sum of output values, USD at the day's rate"),
+    Column("fee", pa.int64(), "Fee, satoshi (input_total - output_total)"),
+    Column("fee_usd", pa.float64(), "Fee, USD"),
+    Column("fee_per_kb", pa.float64(), "Fee, satoshi per 1000 bytes"),
+    Column("fee_per_kb_usd", pa.float64(), "Fee, USD per 1000 bytes"),
+    Column("fee_per_kwu", pa.float64(), "Fee, satoshi per 1000 weight units (sat/vB = fee_per_kwu / 250)"),
+    Column("fee_per_kwu_usd", pa.float64(), "Fee, USD per 1000 weight units"),
+    Column("cdd_total", pa.float64(), "Coin-days destroyed"),
+]
+
+RAW_TRANSACTION_COLUMNS: list[Column] = [
+    *BLOCKCHAIR_FIELDS,
+    Column("minute", pa.timestamp("us"), "Start of the UTC minute the transaction is counted in (partition column)"),
+    Column("time_basis", pa.string(), "`block` (confirmed data, time = block time) or `first_seen` (mempool arrival time)"),
+]
+
+RAW_INT_FIELDS = [c.name for c in BLOCKCHAIR_FIELDS if c.arrow_type == pa.int64()]
+RAW_FLOAT_FIELDS = [c.name for c in BLOCKCHAIR_FIELDS if c.arrow_type == pa.float64()]
+RAW_BOOL_FIELDS = [c.name for c in BLOCKCHAIR_FIELDS if c.arrow_type == pa.bool_()]
+
+
+def arrow_schema(columns: list[Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
+
+
+def column_names(columns: list[Column]) -> list[str]:
+    return [c.name for c in columns]
+
+
+def _tutorial_averages(suffix: str, window: str) -> list[Column]:
+    return [
+        Column(f"avg_value_sat{suffix}", pa.float64(), f"Mean output_total over {window}, satoshi (non-coinbase)"),
+        Column(f"avg_fee_sat{suffix}", pa.float64(), f"Mean fee over {window}, satoshi (non-coinbase)"),
+        Column(
+            f"avg_fee_to_value_ratio{suffix}",
+            pa.float64(),
+            f"Mean of fee / output_total over {window} (non-coinbase rows with fee > 0 and output_total > 0, as the tutorial)",
+        ),
+        Column(f"avg_input_count{suffix}", pa.float64(), f"Mean input count over {window} (non-coinbase)"),
+        Column(f"avg_output_count{suffix}", pa.float64(), f"Mean output count over {window} (non-coinbase)"),
+        Column(f"avg_tx_size_bytes{suffix}", pa.float64(), f"Mean serialized size over {window}, bytes (non-coinbase)"),
+    ]
+
+
+# One row per minute of the partition window, empty minutes included (tx_count = 0, other
+# statistics NULL). tx_count counts every row; all value/fee/size statistics exclude coinbase rows
+# (a coinbase has no fee and carries the block reward, which is not a transfer).
+MINUTE_AGGREGATE_COLUMNS: list[Column] = [
+    Column("minute", pa.timestamp("us"), "Start of the UTC minute (partition column)"),
+    Column("time_basis", pa.string(), "`block` or `first_seen`; NULL for a minute with no rows"),
+    Column("tx_count", pa.int64(), "Transactions in the minute, coinbase included (= raw row count)"),
+    Column("block_count", pa.int64(), "Distinct blocks with rows in the minute (0 for mempool data)"),
+    Column("block_ids", pa.list_(pa.int64()), "Sorted distinct block heights in the minute"),
+    *_tutorial_averages("", "the minute"),
+    Column("total_value_btc", pa.float64(), "Sum of output_total, BTC"),
+    Column("max_value_btc", pa.float64(), "Largest single output_total, BTC"),
+    Column("median_value_btc", pa.float64(), "Median output_total, BTC"),
+    Column("total_fee_btc", pa.float64(), "Sum of fees, BTC"),
+    Column("median_fee_rate_sat_vb", pa.float64(), "Median fee rate, sat/vB (fee_per_kwu / 250)"),
+    Column("p90_fee_rate_sat_vb", pa.float64(), "90th percentile fee rate, sat/vB"),
+    Column("p99_fee_rate_sat_vb", pa.float64(), "99th percentile fee rate, sat/vB"),
+    Column("mean_vsize_vb", pa.float64(), "Mean virtual size, vB (weight / 4)"),
+    Column("total_vsize_vb", pa.float64(), "Sum of virtual sizes, vB"),
+    Column("fan_in_10_count", pa.int64(), "Transactions with >= 10 inputs"),
+    Column("fan_out_10_count", pa.int64(), "Transactions with >= 10 outputs"),
+    Column("total_value_usd", pa.float64(), "Sum of output_total_usd (NULL when the source has no USD)"),
+    Column("total_fee_usd", pa.float64(), "Sum of fee_usd (NULL when the source has no USD)"),
+    Column("tx_count_5min", pa.int64(), "Transactions in the 5 minutes ending with this one, coinbase included"),
+    *_tutorial_averages("_5min", "the 5 minutes ending with this one"),
+]
+
+
+# btc.ewma_anomalies: one row per (minute, metric) of the partition window. A metric that is not
+# scored in a minute (no data, or not comparable under the time basis) still gets its row with
+# severity `info`, rule `not_scored:<reason>` and NULL z_score, so "every minute scored once" holds.
+EWMA_ANOMALY_COLUMNS: list[Column] = [
+    Column("anomaly_id", pa.string(), "Stable id: sha1 of (mode, metric, minute); the same row always gets the same id"),
+    Column("minute", pa.timestamp("us"), "Start of the UTC minute (partition column)"),
+    Column("metric", pa.string(), "What was scored, e.g. tx_count, total_value_btc, max_value_btc, median_fee_rate_sat_vb"),
+    Column("value", pa.float64(), "Observed value of the metric in this minute (unit in the metric name)"),
+    Column("baseline", pa.float64(), "EWMA baseline the value was compared with (same unit)"),
+    Column("deviation", pa.float64(), "value - baseline (same unit)"),
+    Column("scale", pa.float64(), "Spread used to standardise the deviation (same unit)"),
+    Column("z_score", pa.float64(), "deviation / scale; NULL when not scored"),
+    Column("severity", pa.string(), "info | low | medium | high"),
+    Column("rule", pa.string(), "The rule that set the severity (or `not_scored:<reason>`)"),
+    Column("mode", pa.string(), "`default` or `seed_parity`"),
+    Column("time_basis", pa.string(), "`block` or `first_seen` (NULL when the minute had no rows)"),
+    Column("tx_count", pa.int64(), "Transactions in the minute, for context"),
+    Column("block_ids", pa.list_(pa.int64()), "Blocks present in the minute, for context"),
+]
+
+# btc.coordinated_clusters: one row per detected structural pattern group in a minute.
+COORDINATED_CLUSTER_COLUMNS: list[Column] = [
+    Column("cluster_id", pa.string(), "Stable id: sha1 of (mode, pattern, minute, sorted member hashes)"),
+    Column("minute", pa.timestamp("us"), "Start of the UTC minute (partition column)"),
+    Column("pattern", pa.string(), "coinjoin | dust_fanout | fan_in_consolidation | fan_out_batch | similar_burst | seed_fan_in_out"),
+    Column("tx_count", pa.int64(), "Member transactions"),
+    Column("avg_input_count", pa.float64(), "Mean input count of the members"),
+    Column("avg_output_count", pa.float64(), "Mean output count of the members"),
+    Column("total_value_btc", pa.float64(), "Sum of member output_total, BTC"),
+    Column("sample_tx_hash", pa.string(), "One representative member (the largest by value)"),
+    Column("member_hashes", pa.list_(pa.string()), "All member transaction ids"),
+    Column("score", pa.float64(), "Pattern score: how far above its own baseline (pattern-specific, documented)"),
+    Column("baseline", pa.float64(), "The pattern's baseline the score compares with (e.g. usual members per block)"),
+    Column("severity", pa.string(), "info | low | medium | high"),
+    Column("rule", pa.string(), "Heuristic that matched, with its parameters"),
+    Column("mode", pa.string(), "`default` or `seed_parity`"),
+    Column("time_basis", pa.string(), "`block` or `first_seen`"),
+    Column("block_ids", pa.list_(pa.int64()), "Blocks the members are in"),
+]
+
+SEVERITIES = ("info", "low", "medium", "high")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info ... 3 for high; raises ValueError naming the bad value."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        raise ValueError(f"unknown severity {severity!r}; expected one of {SEVERITIES}") from None

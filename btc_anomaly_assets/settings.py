@@ -1,0 +1,84 @@
+"""Every environment variable the project reads, with its default, in one place.
+
+The README's configuration table is generated from ``SETTINGS`` (``btc-anomaly config``), so the
+two cannot drift. Resources receive these through ``dg.EnvVar`` (see ``env_or_default``); only
+the partitions definition and the CLI read the environment directly, because Dagster needs the
+partition range before any resource exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    description: str
+    secret: bool = False
+
+
+SETTINGS: list[Setting] = [
+    Setting("BTC_SOURCE", "sample", "`sample` (bundled real 13 Aug 2025 blocks), `blockchair` (live API) or `blockchair-dump` (daily dump files)"),
+    Setting("BTC_BLOCKCHAIR_MODE", "mempool", "With `BTC_SOURCE=blockchair`: `mempool` (first-seen times, the live default) or `confirmed` (block times)"),
+    Setting("BTC_DUMP_DIR", None, "Folder of `blockchair_bitcoin_transactions_YYYYMMDD*.tsv.gz` files for `blockchair-dump`"),
+    Setting("BLOCKCHAIR_API_KEY", None, "Blockchair API key (optional; sent as `key=`, never logged)", secret=True),
+    Setting("BLOCKCHAIR_API_URL", "https://api.blockchair.com", "Blockchair API base URL (tests point it at a loopback server)"),
+    Setting("BTC_DATA_DIR", "./btc_data", "Where the Parquet lake, the DuckDB file and the Dagster home live"),
+    Setting("BTC_LAKE_URL", None, "Raw Parquet lake location; a path or an object-store URL (`s3://…`). Default `<BTC_DATA_DIR>/lake`"),
+    Setting("BTC_DUCKDB_PATH", None, "DuckDB warehouse file. Default `<BTC_DATA_DIR>/warehouse.duckdb`"),
+    Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),
+    Setting("BTC_PARTITIONS_END", "2025-08-15-00:00", "End of the minute partitions (exclusive); `none` for an open-ended live deployment"),
+]
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+DATE_FMT = "%Y-%m-%d-%H:%M"
+
+
+def setting(name: str) -> Setting:
+    return _BY_NAME[name]
+
+
+def env_value(name: str) -> str | None:
+    """The configured value (environment first, then the default); '' counts as unset."""
+    value = os.environ.get(name, "").strip()
+    return value or _BY_NAME[name].default
+
+
+def env_or_default(name: str):
+    """``dg.EnvVar(name)`` when the variable is set (so the UI shows where a value came from), else the default."""
+    if os.environ.get(name, "").strip():
+        return dg.EnvVar(name)
+    return _BY_NAME[name].default
+
+
+def data_dir() -> Path:
+    return Path(env_value("BTC_DATA_DIR")).expanduser().resolve()
+
+
+def lake_url() -> str:
+    return env_value("BTC_LAKE_URL") or str(data_dir() / "lake")
+
+
+def duckdb_path() -> str:
+    return env_value("BTC_DUCKDB_PATH") or str(data_dir() / "warehouse.duckdb")
+
+
+def dagster_home() -> Path:
+    return data_dir() / "dagster_home"
+
+
+def config_table() -> str:
+    """The README's configuration table, with the value in force now (secrets masked)."""
+    lines = ["| variable | default | now | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        now = os.environ.get(s.name, "")
+        shown = ("(set)" if now else "") if s.secret else now
+        lines.append(f"| `{s.name}` | {('`' + s.default + '`') if s.default else '—'} | {shown} | {s.description} |")
+    return "\n".join(lines)
