@@ -32,6 +32,8 @@ SETTINGS: list[Setting] = [
     Setting("BTC_DATA_DIR", "./btc_data", "Where the Parquet lake, the DuckDB file and the Dagster home live"),
     Setting("BTC_LAKE_URL", None, "Raw Parquet lake location; a path or an object-store URL (`s3://…`). Default `<BTC_DATA_DIR>/lake`"),
     Setting("BTC_DUCKDB_PATH", None, "DuckDB warehouse file. Default `<BTC_DATA_DIR>/warehouse.duckdb`"),
+    Setting("SPARK_REMOTE", None, "Spark Connect endpoint `sc://host:15002`: run the aggregation on a Connect server (the live path)"),
+    Setting("SPARK_MASTER", "local[*]", "Classic Spark master when `SPARK_REMOTE` is unset: `local[*]`, `spark://host:7077`, `yarn`, `k8s://…`"),
     Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),
     Setting("BTC_PARTITIONS_END", "2025-08-15-00:00", "End of the minute partitions (exclusive); `none` for an open-ended live deployment"),
 ]

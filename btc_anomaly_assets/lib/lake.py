@@ -66,9 +66,11 @@ def _to_table(frame: pd.DataFrame) -> pa.Table:
     missing = [c for c in RAW_NAMES if c not in frame.columns]
     if missing:
         raise LakeError(f"raw frame is missing columns {missing}")
+    if frame.empty:
+        return RAW_SCHEMA.empty_table()
     try:
         return pa.Table.from_pandas(frame[RAW_NAMES], schema=RAW_SCHEMA, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise LakeError(f"raw frame does not match the raw schema: {exc}") from exc
 
 

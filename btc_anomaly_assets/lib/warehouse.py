@@ -172,7 +172,10 @@ def to_arrow(frame: pd.DataFrame, columns: Sequence[Column], *, where: str) -> p
     extra = [c for c in frame.columns if c not in names]
     if missing or extra:
         raise WarehouseError(f"{where}: frame columns do not match the table (missing {missing}, unexpected {extra})")
+    schema = arrow_schema(list(columns))
+    if frame.empty:
+        return schema.empty_table()  # an empty frame's columns carry no usable dtypes
     try:
-        return pa.Table.from_pandas(frame[names], schema=arrow_schema(list(columns)), preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        return pa.Table.from_pandas(frame[names], schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise WarehouseError(f"{where}: a column does not match its declared type: {exc}") from exc

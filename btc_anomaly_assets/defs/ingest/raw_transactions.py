@@ -1,0 +1,77 @@
+"""btc/raw_transactions: one row per transaction observed in the minute, in the Parquet lake."""
+
+
+import dagster as dg
+
+from btc_anomaly_assets.defs.common import OWNERS, RAW_TRANSACTIONS, column_schema, markdown_preview, window_of
+from btc_anomaly_assets.lib.lake import read_raw_window, write_raw_window
+from btc_anomaly_assets.lib.raw_checks import RAW_CHECK_NAMES, evaluate_raw_checks
+from btc_anomaly_assets.lib.schema import RAW_TRANSACTION_COLUMNS, SATOSHI_PER_BTC
+from btc_anomaly_assets.partitions import minute_partitions
+from btc_anomaly_assets.resources.sources import TransactionSource
+from btc_anomaly_assets.resources.storage import LakeResource
+
+RAW_CHECK_SPECS = [
+    dg.AssetCheckSpec(name, asset=RAW_TRANSACTIONS, blocking=True, description=description)
+    for name, description in zip(
+        RAW_CHECK_NAMES,
+        [
+            "Transaction hashes are unique in the window",
+            "No NULL in the key fields",
+            "Amounts, sizes and counts are non-negative",
+            "fee == input_total - output_total for non-coinbase rows",
+            "Every `time` lies inside the partition window",
+            "Stored row count equals what the source reported for the window",
+        ],
+    )
+]
+
+
+@dg.asset(
+    key=RAW_TRANSACTIONS,
+    group_name="ingest",
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    partitions_def=minute_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=RAW_CHECK_SPECS,
+    metadata={"dagster/column_schema": column_schema(RAW_TRANSACTION_COLUMNS), "partition_expr": "minute"},
+)
+def raw_transactions(context: dg.AssetExecutionContext, source: TransactionSource, lake: LakeResource):
+    """One row per transaction observed in the minute (Blockchair fields, satoshi integers).
+
+    Written to the Parquet lake (hive folders by date and hour), replacing exactly the run's
+    window. The checks re-read what was stored, so they judge the lake, not the fetch.
+    """
+    start, end = window_of(context)
+    batch = source.fetch(start, end, context.log)
+    write_raw_window(lake.raw_transactions_path, batch.frame, start, end)
+    stored = read_raw_window(lake.raw_transactions_path, start, end)
+    verdicts = evaluate_raw_checks(stored, start, end, batch.reported_rows)
+    bases = sorted(stored["time_basis"].dropna().unique().tolist())
+    context.log.info(f"{len(stored):,} transactions from {batch.source} ({batch.detail}) for [{start}, {end})")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(stored),
+            "source": batch.source,
+            "source_detail": batch.detail,
+            "time_basis": ", ".join(bases) or "none",
+            "minutes_with_rows": int(stored["minute"].nunique()),
+            "blocks": int(stored.loc[stored["block_id"] >= 0, "block_id"].nunique()),
+            "value_moved_btc": float(stored["output_total"].sum() / SATOSHI_PER_BTC),
+            "window_start": str(start),
+            "window_end": str(end),
+            **{f"source_{k}": v for k, v in batch.figures.items()},
+            "preview": markdown_preview(stored[["time", "hash", "block_id", "input_count", "output_count", "output_total", "fee"]]),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=v.name,
+                passed=v.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=v.description,
+                metadata={**v.figures, **({"offending": markdown_preview(v.offending)} if not v.offending.empty else {})},
+            )
+            for v in verdicts
+        ],
+    )

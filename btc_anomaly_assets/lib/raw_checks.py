@@ -1,0 +1,86 @@
+"""Data-quality gates for a window of raw transactions (pure: frame in, verdicts out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+KEY_FIELDS = ["hash", "block_id", "time", "minute", "time_basis", "input_count", "output_count",
+              "input_total", "output_total", "fee", "size", "weight"]
+AMOUNT_FIELDS = ["input_total", "output_total", "fee", "size", "weight", "input_count", "output_count"]
+SHOWN_COLUMNS = ["hash", "block_id", "time", "input_total", "output_total", "fee"]
+
+
+@dataclass
+class CheckVerdict:
+    name: str
+    passed: bool
+    description: str
+    offending: pd.DataFrame = field(default_factory=pd.DataFrame)
+    figures: dict = field(default_factory=dict)
+
+
+def _naive(ts: datetime) -> pd.Timestamp:
+    return pd.Timestamp(ts.replace(tzinfo=None) if ts.tzinfo else ts)
+
+
+def _verdict(name: str, description: str, bad: pd.DataFrame, **figures) -> CheckVerdict:
+    shown = bad[[c for c in SHOWN_COLUMNS if c in bad.columns]]
+    return CheckVerdict(name, bad.empty, description, shown, {"offending_rows": len(bad), **figures})
+
+
+def check_hashes_unique(frame: pd.DataFrame) -> CheckVerdict:
+    bad = frame[frame["hash"].duplicated(keep=False)]
+    return _verdict("hashes_unique", "Every transaction hash appears once in the window", bad)
+
+
+def check_no_null_keys(frame: pd.DataFrame) -> CheckVerdict:
+    mask = frame[KEY_FIELDS].isna().any(axis=1)
+    bad = frame[mask]
+    nulls = {c: int(frame[c].isna().sum()) for c in KEY_FIELDS if frame[c].isna().any()}
+    return _verdict("no_null_keys", f"No NULL in {', '.join(KEY_FIELDS)}", bad, null_counts=str(nulls))
+
+
+def check_amounts_non_negative(frame: pd.DataFrame) -> CheckVerdict:
+    bad = frame[(frame[AMOUNT_FIELDS] < 0).any(axis=1)]
+    return _verdict("amounts_non_negative", "Amounts, sizes and counts are >= 0", bad)
+
+
+def check_fee_balances(frame: pd.DataFrame) -> CheckVerdict:
+    spend = frame[~frame["is_coinbase"].astype(bool)]
+    bad = spend[spend["fee"] != spend["input_total"] - spend["output_total"]]
+    return _verdict("fee_equals_inputs_minus_outputs", "fee == input_total - output_total for every non-coinbase row", bad)
+
+
+def check_times_in_window(frame: pd.DataFrame, start: datetime, end: datetime) -> CheckVerdict:
+    lo, hi = _naive(start), _naive(end)
+    bad = frame[(frame["time"] < lo) | (frame["time"] >= hi) | (frame["minute"] != frame["time"].dt.floor("min"))]
+    return _verdict("times_in_partition_window", f"Every time inside [{lo}, {hi}) and minute = floor(time)", bad)
+
+
+def check_row_count(frame: pd.DataFrame, reported_rows: int) -> CheckVerdict:
+    passed = len(frame) == reported_rows
+    return CheckVerdict(
+        "row_count_matches_source",
+        passed,
+        "Rows stored in the lake equal the rows the source reported for the window",
+        pd.DataFrame(),
+        {"stored_rows": len(frame), "source_reported_rows": int(reported_rows)},
+    )
+
+
+def evaluate_raw_checks(frame: pd.DataFrame, start: datetime, end: datetime, reported_rows: int) -> list[CheckVerdict]:
+    return [
+        check_hashes_unique(frame),
+        check_no_null_keys(frame),
+        check_amounts_non_negative(frame),
+        check_fee_balances(frame),
+        check_times_in_window(frame, start, end),
+        check_row_count(frame, reported_rows),
+    ]
+
+
+RAW_CHECK_NAMES = ["hashes_unique", "no_null_keys", "amounts_non_negative", "fee_equals_inputs_minus_outputs",
+                   "times_in_partition_window", "row_count_matches_source"]
