@@ -43,25 +43,29 @@ class TransactionSource(dg.ConfigurableResource):
 
     def fetch(self, start: datetime, end: datetime, log) -> SourceBatch:
         if self.source == "sample":
-            return self._from_dumps(sample_dir(), start, end, "sample")
+            return self._from_dumps(sample_dir(), start, end, "sample", log)
         if self.source == "blockchair-dump":
             if not self.dump_dir:
                 raise dg.Failure("BTC_SOURCE=blockchair-dump needs BTC_DUMP_DIR (a folder of blockchair_bitcoin_transactions_*.tsv.gz)")
-            return self._from_dumps(Path(self.dump_dir), start, end, "blockchair-dump")
+            return self._from_dumps(Path(self.dump_dir), start, end, "blockchair-dump", log)
         if self.source == "blockchair":
             return self._from_api(start, end, log)
         raise dg.Failure(f"BTC_SOURCE={self.source!r} is not one of {', '.join(SOURCES)}")
 
-    def _from_dumps(self, folder: Path, start: datetime, end: datetime, name: str) -> SourceBatch:
+    def _from_dumps(self, folder: Path, start: datetime, end: datetime, name: str, log) -> SourceBatch:
         from btc_anomaly_assets.lib.blockchair_dump import read_dump_window
 
-        result = read_dump_window(folder, start, end)
+        result = read_dump_window(folder, start, end, logger=log)
+        if result.missing_dates and name == "blockchair-dump":
+            raise dg.Failure(f"no dump file in {folder} for {', '.join(map(str, result.missing_dates))}: "
+                             "the window would be stored incomplete")
         return SourceBatch(
             frame=result.frame,
             reported_rows=result.rows_in_window - result.duplicates_dropped,
             source=name,
             detail=", ".join(Path(f).name for f in result.files_read) or f"no dump file in {folder} covers the window",
-            figures={"rows_scanned": result.rows_scanned, "duplicates_dropped": result.duplicates_dropped},
+            figures={"rows_scanned": result.rows_scanned, "rows_in_window": result.rows_in_window,
+                     "duplicates_dropped": result.duplicates_dropped},
         )
 
     def _from_api(self, start: datetime, end: datetime, log) -> SourceBatch:
@@ -69,13 +73,14 @@ class TransactionSource(dg.ConfigurableResource):
 
         if self.blockchair_mode not in BLOCKCHAIR_MODES:
             raise dg.Failure(f"BTC_BLOCKCHAIR_MODE={self.blockchair_mode!r} is not one of {', '.join(BLOCKCHAIR_MODES)}")
-        client = BlockchairClient(base_url=self.api_url, api_key=self.api_key or None, logger=log)
-        result = client.fetch_window(start, end, mempool=self.blockchair_mode == "mempool")
+        with BlockchairClient(base_url=self.api_url, api_key=self.api_key or None, logger=log) as client:
+            result = client.fetch_window(start, end, mempool=self.blockchair_mode == "mempool")
         return SourceBatch(
             frame=result.frame,
             reported_rows=result.reported_total_rows - result.duplicates_dropped,
             source="blockchair",
             detail=f"{'mempool/' if self.blockchair_mode == 'mempool' else ''}transactions, state {result.state}",
             figures={"requests": result.requests_made, "request_cost": float(result.request_cost_total),
-                     "duplicates_dropped": result.duplicates_dropped},
+                     "rows_received": result.rows_received, "duplicates_dropped": result.duplicates_dropped,
+                     "windows_split": result.windows_split, "api_version": result.api_version or "?"},
         )
