@@ -6,7 +6,10 @@ import dagster as dg
 
 from btc_anomaly_assets import settings
 from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
+from btc_anomaly_assets.defs.alerts.anomaly_alerts import anomaly_alert_sensor, pipeline_failure_alert, send_anomaly_alert
+from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
 from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
+from btc_anomaly_assets.resources.alerts import AlertDestinationResource
 from btc_anomaly_assets.resources.spark import build_pyspark_resource
 from btc_anomaly_assets.resources.sources import TransactionSource
 from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
@@ -26,12 +29,20 @@ def build_resources() -> dict:
         ),
         "lake": LakeResource(url=settings.lake_url()),
         "warehouse": WarehouseResource(path=settings.duckdb_path()),
+        "alerts": AlertDestinationResource(
+            webhook_url=env("SLACK_WEBHOOK_URL"),
+            bot_token=env("SLACK_BOT_TOKEN"),
+            channel=env("SLACK_CHANNEL"),
+            outbox_path=env("BTC_ALERT_OUTBOX") or settings.alert_outbox(),
+            ui_base_url=env("BTC_DAGSTER_UI_URL"),
+            min_severity=env("BTC_ALERT_MIN_SEVERITY"),
+        ),
         # A dict-valued Spark config cannot hold EnvVars; SPARK_* are not secrets, so they are read here.
         "pyspark": build_pyspark_resource(settings.env_value("SPARK_MASTER"), settings.env_value("SPARK_REMOTE")),
     }
 
 
-ALL_ASSETS = [raw_transactions, minute_aggregates]
+ALL_ASSETS = [raw_transactions, minute_aggregates, transaction_forecast]
 
 pipeline_job = dg.define_asset_job(
     "btc_pipeline",
@@ -42,6 +53,7 @@ pipeline_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[pipeline_job],
+    jobs=[pipeline_job, send_anomaly_alert],
+    sensors=[anomaly_alert_sensor, pipeline_failure_alert],
     resources=build_resources(),
 )

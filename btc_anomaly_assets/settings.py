@@ -34,6 +34,12 @@ SETTINGS: list[Setting] = [
     Setting("BTC_DUCKDB_PATH", None, "DuckDB warehouse file. Default `<BTC_DATA_DIR>/warehouse.duckdb`"),
     Setting("SPARK_REMOTE", None, "Spark Connect endpoint `sc://host:15002`: run the aggregation on a Connect server (the live path)"),
     Setting("SPARK_MASTER", "local[*]", "Classic Spark master when `SPARK_REMOTE` is unset: `local[*]`, `spark://host:7077`, `yarn`, `k8s://…`"),
+    Setting("SLACK_WEBHOOK_URL", None, "Slack incoming-webhook URL for alerts (secret)", secret=True),
+    Setting("SLACK_BOT_TOKEN", None, "Slack bot token with `chat:write`, used with `SLACK_CHANNEL` when no webhook is set (secret)", secret=True),
+    Setting("SLACK_CHANNEL", None, "Channel for the bot token, e.g. `#btc-alerts`"),
+    Setting("BTC_ALERT_OUTBOX", None, "JSON-lines outbox used when no Slack destination is set. Default `<BTC_DATA_DIR>/alerts_outbox.jsonl`"),
+    Setting("BTC_ALERT_MIN_SEVERITY", "medium", "Lowest severity that is alerted: `info`, `low`, `medium`, `high`"),
+    Setting("BTC_DAGSTER_UI_URL", "http://localhost:3000", "Dagster UI base URL used for links in alerts"),
     Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),
     Setting("BTC_PARTITIONS_END", "2025-08-15-00:00", "End of the minute partitions (exclusive); `none` for an open-ended live deployment"),
 ]
@@ -70,6 +76,10 @@ def lake_url() -> str:
 
 def duckdb_path() -> str:
     return env_value("BTC_DUCKDB_PATH") or str(data_dir() / "warehouse.duckdb")
+
+
+def alert_outbox() -> str:
+    return env_value("BTC_ALERT_OUTBOX") or str(data_dir() / "alerts_outbox.jsonl")
 
 
 def dagster_home() -> Path:

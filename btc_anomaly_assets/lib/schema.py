@@ -185,3 +185,52 @@ def severity_rank(severity: str) -> int:
         return SEVERITIES.index(severity)
     except ValueError:
         raise ValueError(f"unknown severity {severity!r}; expected one of {SEVERITIES}") from None
+
+
+# btc.transaction_forecast: the 30 one-minute steps forecast at the end of a partition window.
+TRANSACTION_FORECAST_COLUMNS: list[Column] = [
+    Column("minute", pa.timestamp("us"), "Last minute of the window the forecast was made for (partition column)"),
+    Column("cutoff", pa.timestamp("us"), "Forecast origin: the first minute not yet observed"),
+    Column("ds", pa.timestamp("us"), "Forecast minute (naive UTC)"),
+    Column("step", pa.int64(), "Minutes ahead of the cutoff (1..30)"),
+    Column("yhat", pa.float64(), "Forecast, transactions per minute (never negative)"),
+    Column("yhat_lower", pa.float64(), "Lower bound of the interval (never negative)"),
+    Column("yhat_upper", pa.float64(), "Upper bound of the interval"),
+    Column("series", pa.string(), "What was modelled: first-seen arrivals, or the trailing block-time rate"),
+    Column("time_basis", pa.string(), "`block` or `first_seen`"),
+    Column("model", pa.string(), "Model and settings"),
+    Column("history_points", pa.int64(), "Points the model was fitted on"),
+]
+
+# btc.forecast_excursions: actuals that fell outside an earlier forecast's interval (third alert signal).
+FORECAST_EXCURSION_COLUMNS: list[Column] = [
+    Column("anomaly_id", pa.string(), "Stable id: sha1 of (series, cutoff, ds)"),
+    Column("minute", pa.timestamp("us"), "The minute whose actual was outside the interval (partition column)"),
+    Column("cutoff", pa.timestamp("us"), "Origin of the forecast it was compared with"),
+    Column("step", pa.int64(), "Minutes ahead of that cutoff"),
+    Column("y", pa.float64(), "Actual value (same series as the forecast)"),
+    Column("yhat", pa.float64(), "Forecast"),
+    Column("yhat_lower", pa.float64(), "Interval lower bound"),
+    Column("yhat_upper", pa.float64(), "Interval upper bound"),
+    Column("direction", pa.string(), "`above` or `below` the interval"),
+    Column("excess_half_widths", pa.float64(), "Distance beyond the bound in interval half-widths"),
+    Column("severity", pa.string(), "low (>0) | medium (>1) | high (>2 half-widths)"),
+    Column("series", pa.string(), "Series name"),
+    Column("time_basis", pa.string(), "`block` or `first_seen`"),
+]
+
+# btc.alerts: the delivery record; one row per alert message (single or digest).
+ALERT_COLUMNS: list[Column] = [
+    Column("alert_id", pa.string(), "Stable id of the message: the run key that requested it"),
+    Column("kind", pa.string(), "single | digest | run_failure"),
+    Column("asset", pa.string(), "Asset whose items are alerted"),
+    Column("item_ids", pa.list_(pa.string()), "anomaly_id / cluster_id values covered by the message"),
+    Column("status", pa.string(), "sent | failed (failed ones are retried on a later sensor tick) | skipped"),
+    Column("destination", pa.string(), "Where it went, redacted (webhook host, channel, or outbox path)"),
+    Column("attempts", pa.int64(), "Delivery attempts so far"),
+    Column("error", pa.string(), "Last error, redacted"),
+    Column("text", pa.string(), "The fallback text of the message"),
+    Column("payload_json", pa.string(), "The Block Kit payload that was (or would be) posted"),
+    Column("created_at", pa.timestamp("us"), "When the alert was first requested (naive UTC)"),
+    Column("sent_at", pa.timestamp("us"), "When it was delivered (NULL until then)"),
+]
