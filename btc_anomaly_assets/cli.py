@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backfill":
         return run_range(args.start, args.end)
     if args.command == "config":
-        print(settings.config_table())
+        print(settings.config_table(with_current=True))
         return 0
     return 2
 

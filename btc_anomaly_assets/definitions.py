@@ -7,9 +7,11 @@ import dagster as dg
 from btc_anomaly_assets import settings
 from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
 from btc_anomaly_assets.defs.alerts.anomaly_alerts import anomaly_alert_sensor, pipeline_failure_alert, send_anomaly_alert
+from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
 from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
 from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
 from btc_anomaly_assets.resources.alerts import AlertDestinationResource
+from btc_anomaly_assets.resources.claude import ExplainerResource
 from btc_anomaly_assets.resources.spark import build_pyspark_resource
 from btc_anomaly_assets.resources.sources import TransactionSource
 from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
@@ -29,6 +31,15 @@ def build_resources() -> dict:
         ),
         "lake": LakeResource(url=settings.lake_url()),
         "warehouse": WarehouseResource(path=settings.duckdb_path()),
+        "explainer": ExplainerResource(
+            api_key=env("ANTHROPIC_API_KEY"),
+            model=env("BTC_CLAUDE_MODEL"),
+            base_url=env("BTC_CLAUDE_BASE_URL"),
+            min_severity=env("BTC_EXPLAIN_MIN_SEVERITY"),
+            max_calls_per_run=int(settings.env_value("BTC_CLAUDE_MAX_CALLS_PER_RUN")),
+            daily_token_budget=int(settings.env_value("BTC_CLAUDE_DAILY_TOKEN_BUDGET")),
+            batch_threshold=int(settings.env_value("BTC_CLAUDE_BATCH_THRESHOLD")),
+        ),
         "alerts": AlertDestinationResource(
             webhook_url=env("SLACK_WEBHOOK_URL"),
             bot_token=env("SLACK_BOT_TOKEN"),
@@ -42,7 +53,7 @@ def build_resources() -> dict:
     }
 
 
-ALL_ASSETS = [raw_transactions, minute_aggregates, transaction_forecast]
+ALL_ASSETS = [raw_transactions, minute_aggregates, anomaly_explanations, transaction_forecast]
 
 pipeline_job = dg.define_asset_job(
     "btc_pipeline",

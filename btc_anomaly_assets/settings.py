@@ -34,6 +34,13 @@ SETTINGS: list[Setting] = [
     Setting("BTC_DUCKDB_PATH", None, "DuckDB warehouse file. Default `<BTC_DATA_DIR>/warehouse.duckdb`"),
     Setting("SPARK_REMOTE", None, "Spark Connect endpoint `sc://host:15002`: run the aggregation on a Connect server (the live path)"),
     Setting("SPARK_MASTER", "local[*]", "Classic Spark master when `SPARK_REMOTE` is unset: `local[*]`, `spark://host:7077`, `yarn`, `k8s://…`"),
+    Setting("ANTHROPIC_API_KEY", None, "Anthropic API key; without it explanations come from the labelled rule-based explainer (secret)", secret=True),
+    Setting("BTC_CLAUDE_MODEL", "claude-haiku-4-5", "Claude model id for explanations; checked against the API at start-up"),
+    Setting("BTC_CLAUDE_BASE_URL", None, "Anthropic API base URL (a proxy, or a loopback fake in tests)"),
+    Setting("BTC_EXPLAIN_MIN_SEVERITY", "medium", "Lowest severity that gets an explanation"),
+    Setting("BTC_CLAUDE_MAX_CALLS_PER_RUN", "200", "Cap on Claude calls per run; the rest wait for the next run"),
+    Setting("BTC_CLAUDE_DAILY_TOKEN_BUDGET", "2000000", "Input+output tokens allowed per UTC day"),
+    Setting("BTC_CLAUDE_BATCH_THRESHOLD", "50", "From this many items in one run, use the Message Batches API (half price)"),
     Setting("SLACK_WEBHOOK_URL", None, "Slack incoming-webhook URL for alerts (secret)", secret=True),
     Setting("SLACK_BOT_TOKEN", None, "Slack bot token with `chat:write`, used with `SLACK_CHANNEL` when no webhook is set (secret)", secret=True),
     Setting("SLACK_CHANNEL", None, "Channel for the bot token, e.g. `#btc-alerts`"),
@@ -86,11 +93,14 @@ def dagster_home() -> Path:
     return data_dir() / "dagster_home"
 
 
-def config_table() -> str:
-    """The README's configuration table, with the value in force now (secrets masked)."""
-    lines = ["| variable | default | now | meaning |", "|---|---|---|---|"]
+def config_table(*, with_current: bool = False) -> str:
+    """The README's configuration table; ``with_current`` adds the value in force now (secrets masked)."""
+    head = "| variable | default | meaning |" + (" now |" if with_current else "")
+    lines = [head, "|---|---|---|" + ("---|" if with_current else "")]
     for s in SETTINGS:
-        now = os.environ.get(s.name, "")
-        shown = ("(set)" if now else "") if s.secret else now
-        lines.append(f"| `{s.name}` | {('`' + s.default + '`') if s.default else '—'} | {shown} | {s.description} |")
+        row = f"| `{s.name}` | {('`' + s.default + '`') if s.default else '—'} | {s.description} |"
+        if with_current:
+            now = os.environ.get(s.name, "")
+            row += f" {('(set)' if now else '') if s.secret else now} |"
+        lines.append(row)
     return "\n".join(lines)

@@ -105,33 +105,29 @@ class Warehouse:
             lo, hi = times.min(), times.max()
             if lo < pd.Timestamp(start) or hi >= pd.Timestamp(end):
                 raise WarehouseError(f"btc.{table}: rows span {lo}..{hi}, outside the window [{start}, {end})")
-        names = ", ".join(f'"{n}"' for n in column_names(list(columns)))
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(create_table_sql(table, columns))
-                con.execute(
-                    f'DELETE FROM {SCHEMA}.{table} WHERE "{time_column}" >= ? AND "{time_column}" < ?', [start, end]
-                )
-                con.register("incoming_rows", arrow)
-                con.execute(f"INSERT INTO {SCHEMA}.{table} ({names}) SELECT {names} FROM incoming_rows")
-                con.unregister("incoming_rows")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        return arrow.num_rows
+        delete = f'DELETE FROM {SCHEMA}.{table} WHERE "{time_column}" >= ? AND "{time_column}" < ?'
+        return self._write(table, columns, arrow, delete, [start, end])
 
     def upsert(self, table: str, columns: Sequence[Column], frame: pd.DataFrame, *, key: str) -> int:
         """Insert rows, replacing any row with the same ``key`` (one transaction)."""
         arrow = to_arrow(frame, columns, where=f"btc.{table}")
+        delete = f'DELETE FROM {SCHEMA}.{table} WHERE "{key}" IN (SELECT "{key}" FROM incoming_rows)'
+        return self._write(table, columns, arrow, delete, [])
+
+    def replace_all(self, table: str, columns: Sequence[Column], frame: pd.DataFrame) -> int:
+        """Replace the whole table's content with ``frame`` (one transaction)."""
+        arrow = to_arrow(frame, columns, where=f"btc.{table}")
+        return self._write(table, columns, arrow, f"DELETE FROM {SCHEMA}.{table}", [])
+
+    def _write(self, table: str, columns: Sequence[Column], arrow: pa.Table, delete_sql: str, params: list) -> int:
+        """Create-if-missing, delete what ``delete_sql`` selects, insert ``arrow`` by name: all or nothing."""
         names = ", ".join(f'"{n}"' for n in column_names(list(columns)))
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(create_table_sql(table, columns))
                 con.register("incoming_rows", arrow)
-                con.execute(f'DELETE FROM {SCHEMA}.{table} WHERE "{key}" IN (SELECT "{key}" FROM incoming_rows)')
+                con.execute(delete_sql, params)
                 con.execute(f"INSERT INTO {SCHEMA}.{table} ({names}) SELECT {names} FROM incoming_rows")
                 con.unregister("incoming_rows")
                 con.execute("COMMIT")
