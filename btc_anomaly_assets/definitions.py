@@ -7,11 +7,13 @@ import dagster as dg
 from btc_anomaly_assets import settings
 from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
 from btc_anomaly_assets.defs.alerts.anomaly_alerts import anomaly_alert_sensor, pipeline_failure_alert, send_anomaly_alert
+from btc_anomaly_assets.defs.detection.detectors import coordinated_clusters, ewma_anomalies
 from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
 from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
 from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
 from btc_anomaly_assets.resources.alerts import AlertDestinationResource
 from btc_anomaly_assets.resources.claude import ExplainerResource
+from btc_anomaly_assets.resources.detection import DetectionSettings
 from btc_anomaly_assets.resources.spark import build_pyspark_resource
 from btc_anomaly_assets.resources.sources import TransactionSource
 from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
@@ -31,6 +33,7 @@ def build_resources() -> dict:
         ),
         "lake": LakeResource(url=settings.lake_url()),
         "warehouse": WarehouseResource(path=settings.duckdb_path()),
+        "detection": DetectionSettings(mode=env("BTC_DETECTION_MODE"), label_preset=env("BTC_CLUSTER_SEVERITY_PRESET")),
         "explainer": ExplainerResource(
             api_key=env("ANTHROPIC_API_KEY"),
             model=env("BTC_CLAUDE_MODEL"),
@@ -53,7 +56,7 @@ def build_resources() -> dict:
     }
 
 
-ALL_ASSETS = [raw_transactions, minute_aggregates, anomaly_explanations, transaction_forecast]
+ALL_ASSETS = [raw_transactions, minute_aggregates, ewma_anomalies, coordinated_clusters, anomaly_explanations, transaction_forecast]
 
 pipeline_job = dg.define_asset_job(
     "btc_pipeline",

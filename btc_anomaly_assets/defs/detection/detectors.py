@@ -1,0 +1,153 @@
+"""btc/ewma_anomalies and btc/coordinated_clusters: detectors that compare like with like."""
+
+from datetime import timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from btc_anomaly_assets.defs.common import (
+    COORDINATED_CLUSTERS,
+    DUCKDB_POOL,
+    EWMA_ANOMALIES,
+    MINUTE_AGGREGATES,
+    OWNERS,
+    RAW_TRANSACTIONS,
+    column_schema,
+    markdown_preview,
+    window_of,
+)
+from btc_anomaly_assets.lib.clusters import CLUSTER_LOOKBACK_MINUTES, detect_coordinated_clusters
+from btc_anomaly_assets.lib.ewma import EWMA_LOOKBACK_MINUTES, detect_ewma_anomalies
+from btc_anomaly_assets.lib.lake import read_raw_window
+from btc_anomaly_assets.lib.schema import (
+    COORDINATED_CLUSTER_COLUMNS,
+    EWMA_ANOMALY_COLUMNS,
+    MINUTE_AGGREGATE_COLUMNS,
+    SEVERITIES,
+)
+from btc_anomaly_assets.partitions import minute_partitions
+from btc_anomaly_assets.resources.detection import DetectionSettings
+from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
+
+EVERY_MINUTE_SCORED = "every_minute_scored_once"
+Z_SCORES_FINITE = "z_scores_finite"
+MEMBERS_IN_RAW = "cluster_members_exist_in_raw"
+FLAGGED = ("medium", "high")
+
+
+def _severity_counts(frame: pd.DataFrame) -> dict:
+    counts = frame["severity"].value_counts()
+    return {f"severity_{s}": int(counts.get(s, 0)) for s in SEVERITIES}
+
+
+@dg.asset(
+    key=EWMA_ANOMALIES,
+    group_name="detection",
+    kinds={"pandas", "duckdb"},
+    owners=OWNERS,
+    partitions_def=minute_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[dg.AssetDep(MINUTE_AGGREGATES,
+                      partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-EWMA_LOOKBACK_MINUTES))],
+    pool=DUCKDB_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(EVERY_MINUTE_SCORED, asset=EWMA_ANOMALIES, blocking=True,
+                          description="Every minute of the window has exactly one row per metric"),
+        dg.AssetCheckSpec(Z_SCORES_FINITE, asset=EWMA_ANOMALIES, blocking=True,
+                          description="Every z-score that was computed is finite"),
+    ],
+    metadata={"dagster/column_schema": column_schema(EWMA_ANOMALY_COLUMNS), "partition_expr": "minute",
+              "dagster/table_name": "btc.ewma_anomalies"},
+)
+def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettings, warehouse: WarehouseResource):
+    """One row per minute and metric: causal, robust EWMA baseline, deviation, z-score, severity, rule.
+
+    With block time only minutes holding a block are scored, each against earlier block-minutes
+    (a block landing is not an anomaly, the empty minutes between blocks are not "zero traffic").
+    History comes from the lookback partitions; the output is trimmed to the run's window.
+    """
+    start, end = window_of(context)
+    wh = warehouse.get()
+    history = wh.read_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS, start - timedelta(minutes=EWMA_LOOKBACK_MINUTES), end)
+    scored = detect_ewma_anomalies(history, start, end, detection.ewma_config())
+    wh.replace_window("ewma_anomalies", EWMA_ANOMALY_COLUMNS, scored, start, end)
+
+    metrics = scored["metric"].nunique()
+    expected = len(pd.date_range(start, end, freq="min", inclusive="left")) * metrics
+    duplicated = int(scored.duplicated(["minute", "metric"]).sum())
+    z = scored["z_score"].dropna().to_numpy(dtype=float)
+    flagged = scored[scored["severity"].isin(FLAGGED)]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(scored),
+            "mode": detection.mode,
+            "anomaly_count": len(flagged),
+            "flagged_minutes": int(flagged["minute"].nunique()),
+            **_severity_counts(scored),
+            "flagged_preview": markdown_preview(flagged[["minute", "metric", "value", "baseline", "z_score", "severity", "rule"]]),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name=EVERY_MINUTE_SCORED, passed=len(scored) == expected and duplicated == 0,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"expected_rows": expected, "rows": len(scored), "duplicated": duplicated}),
+            dg.AssetCheckResult(check_name=Z_SCORES_FINITE, passed=bool(np.isfinite(z).all()),
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"scored": len(z), "non_finite": int((~np.isfinite(z)).sum())}),
+        ],
+    )
+
+
+@dg.asset(
+    key=COORDINATED_CLUSTERS,
+    group_name="detection",
+    kinds={"pandas", "duckdb"},
+    owners=OWNERS,
+    partitions_def=minute_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[
+        dg.AssetDep(RAW_TRANSACTIONS, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-CLUSTER_LOOKBACK_MINUTES)),
+        MINUTE_AGGREGATES,
+    ],
+    pool=DUCKDB_POOL,
+    check_specs=[dg.AssetCheckSpec(MEMBERS_IN_RAW, asset=COORDINATED_CLUSTERS, blocking=True,
+                                   description="Every cluster member is a transaction of that minute in the raw layer")],
+    metadata={"dagster/column_schema": column_schema(COORDINATED_CLUSTER_COLUMNS), "partition_expr": "minute",
+              "dagster/table_name": "btc.coordinated_clusters"},
+)
+def coordinated_clusters(context: dg.AssetExecutionContext, detection: DetectionSettings, warehouse: WarehouseResource,
+                         lake: LakeResource):
+    """One row per typed structural pattern in a minute (CoinJoin, dust fan-out, consolidation,
+    batch payout, burst of identical transactions), graded against that pattern's own baseline.
+
+    A normal block's usual dozens of batch payouts are not a cluster; CoinJoin and dust labels are
+    graded by the configured preset. Reads the raw lake with the lookback the baselines need.
+    """
+    start, end = window_of(context)
+    raw = read_raw_window(lake.raw_transactions_path, start - timedelta(minutes=CLUSTER_LOOKBACK_MINUTES), end)
+    clusters = detect_coordinated_clusters(raw, start, end, detection.cluster_config())
+    wh = warehouse.get()
+    wh.replace_window("coordinated_clusters", COORDINATED_CLUSTER_COLUMNS, clusters, start, end)
+
+    in_window = raw[(raw["minute"] >= pd.Timestamp(start)) & (raw["minute"] < pd.Timestamp(end))]
+    known = set(zip(in_window["minute"], in_window["hash"]))
+    orphans = [(m, h) for m, members in zip(clusters["minute"], clusters["member_hashes"]) for h in members if (m, h) not in known]
+    flagged = clusters[clusters["severity"].isin(FLAGGED)]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(clusters),
+            "mode": detection.mode,
+            "label_preset": detection.label_preset,
+            "cluster_count": len(clusters),
+            "flagged_clusters": len(flagged),
+            **_severity_counts(clusters),
+            **{f"pattern_{p}": int(n) for p, n in clusters["pattern"].value_counts().items()},
+            "flagged_preview": markdown_preview(flagged[["minute", "pattern", "tx_count", "total_value_btc", "score", "severity",
+                                                         "sample_tx_hash"]]),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=MEMBERS_IN_RAW, passed=not orphans, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"members_checked": int(clusters["member_hashes"].map(len).sum()) if len(clusters) else 0,
+                      "missing_members": len(orphans), "first_missing": str(orphans[:3])},
+        )],
+    )
