@@ -72,6 +72,8 @@ def run_range(start_key: str, end_key: str) -> int:
         run_config={"loggers": {"console": {"config": {"log_level": os.environ.get("BTC_LOG_LEVEL", "WARNING")}}}},
     )
     elapsed = time.monotonic() - began
+    if result.success:
+        deliver_alerts(defs, dg.DagsterInstance.get())
     from btc_anomaly_assets.summary import print_summary
 
     print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT))
@@ -80,6 +82,23 @@ def run_range(start_key: str, end_key: str) -> int:
     print("Open it in the Dagster UI (same instance, same data):")
     print(f"  BTC_DATA_DIR={settings.data_dir()} DAGSTER_HOME={home} dagster dev -w workspace.yaml")
     return 0 if result.success else 1
+
+
+def deliver_alerts(defs, instance) -> None:
+    """One tick of the alert sensor, and its alert runs, in this process (no daemon needed).
+
+    The same sensor runs under ``dagster dev``; the delivery record makes the two agree, so an
+    item alerted here is never alerted again there.
+    """
+    import dagster as dg
+
+    from btc_anomaly_assets.defs.alerts.anomaly_alerts import anomaly_alert_sensor
+
+    context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+    result = anomaly_alert_sensor(context)
+    job = defs.resolve_job_def("send_anomaly_alert")
+    for request in result.run_requests or []:
+        job.execute_in_process(instance=instance, run_config=request.run_config, tags=request.tags, raise_on_error=False)
 
 
 def main(argv: list[str] | None = None) -> int:

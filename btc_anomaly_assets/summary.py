@@ -42,7 +42,9 @@ def print_summary(start: datetime, end: datetime) -> None:
         print("EWMA anomalies   : " + ", ".join(f"{sev} {n}" for sev, n in counts))
         for minute, metric, value, baseline, z, severity, rule in flagged:
             z_text = f"z={z:.1f}" if z is not None and z == z else "z=n/a"
-            print(f"  {minute:%H:%M} {severity:<6} {metric:<24} {value:,.4g} vs baseline {baseline:,.4g} ({z_text}) [{rule}]")
+            if metric.startswith("log10_"):  # amounts are scored on a log scale: show them in their units
+                metric, value, baseline = metric[len("log10_"):], 10 ** value, 10 ** baseline
+            print(f"  {minute:%H:%M} {severity:<6} {metric:<24} {value:,.6g} vs baseline {baseline:,.6g} ({z_text}) [{rule}]")
 
     clusters = _table_rows(warehouse, "SELECT minute, pattern, tx_count, total_value_btc, severity, sample_tx_hash "
                            "FROM btc.coordinated_clusters WHERE minute >= ? AND minute < ? "
@@ -69,6 +71,6 @@ def print_summary(start: datetime, end: datetime) -> None:
         print(f"forecast         : {steps} one-minute steps from {cutoff:%H:%M} of {series}: "
               f"yhat {lo:,.1f}..{hi:,.1f}, interval [{lower:,.1f}, {upper:,.1f}]")
 
-    alerts = _table_rows(warehouse, "SELECT status, destination, count(*) FROM btc.alerts GROUP BY status, destination", [])
+    alerts = _table_rows(warehouse, "SELECT status, kind, destination, count(*) FROM btc.alerts GROUP BY ALL ORDER BY ALL", [])
     if alerts:
-        print("alerts           : " + ", ".join(f"{n} {status} to {dest}" for status, dest, n in alerts))
+        print("alerts           : " + ", ".join(f"{n} {kind} {status} ({dest})" for status, kind, dest, n in alerts))

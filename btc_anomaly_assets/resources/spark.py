@@ -23,6 +23,7 @@ CLASSIC_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "2g",
+    "spark.log.level": "ERROR",  # Spark's WARN lines (window without partition on a tiny grid, plan truncation) are noise here
 }
 
 
