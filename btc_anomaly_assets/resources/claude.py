@@ -25,16 +25,21 @@ class ExplainerResource(dg.ConfigurableResource):
     daily_token_budget: int = Field(default=2_000_000, description="Input+output tokens allowed per UTC day")
     batch_threshold: int = Field(default=50, description="At or above this many items, use the Message Batches API")
     batch_max_wait_seconds: float = Field(default=120.0, description="How long a run waits for a batch before resuming later")
+    batch_poll_interval_seconds: float = Field(default=30.0, description="Seconds between polls of a running batch")
 
     def build(self):
-        from btc_anomaly_assets.lib.claude_explainer import make_explainer
+        from btc_anomaly_assets.lib.claude_explainer import ClaudeConfigError, make_explainer
 
-        return make_explainer(
-            self.api_key or None,
-            model=self.model,
-            base_url=self.base_url or None,
-            max_calls_per_run=self.max_calls_per_run,
-            daily_token_budget=self.daily_token_budget,
-            batch_threshold=self.batch_threshold,
-            batch_max_wait_seconds=self.batch_max_wait_seconds,
-        )
+        try:
+            return make_explainer(
+                self.api_key or None,
+                model=self.model,
+                base_url=self.base_url or None,
+                max_calls_per_run=self.max_calls_per_run,
+                daily_token_budget=self.daily_token_budget,
+                batch_threshold=self.batch_threshold,
+                batch_max_wait_seconds=self.batch_max_wait_seconds,
+                batch_poll_interval_seconds=self.batch_poll_interval_seconds,
+            )
+        except ClaudeConfigError as exc:  # an unknown or retired model, a rejected key: say so plainly
+            raise dg.Failure(description=f"Claude explainer cannot start: {exc}") from None

@@ -1,0 +1,116 @@
+"""btc/anomaly_explanations as Dagster runs it, against the loopback Anthropic API."""
+
+import logging
+from datetime import datetime, timedelta
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
+from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
+from btc_anomaly_assets.lib.clusters import detect_coordinated_clusters
+from btc_anomaly_assets.lib.ewma import detect_ewma_anomalies
+from btc_anomaly_assets.lib.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, MINUTE_AGGREGATE_COLUMNS
+from btc_anomaly_assets.lib.warehouse import Warehouse
+from btc_anomaly_assets.resources.claude import ExplainerResource
+from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
+from btc_anomaly_assets_tests.fakes.anthropic_server import FAKE_API_KEY, FakeAnthropic
+from btc_anomaly_assets_tests.real_data import raw_in, real_raw
+
+START, END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
+TAGS = {"dagster/asset_partition_range_start": "2025-08-13-00:00", "dagster/asset_partition_range_end": "2025-08-13-02:59"}
+
+
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory):
+    """Real detector output for the sample hours, stored the way the detection assets store it."""
+    path = str(tmp_path_factory.mktemp("wh") / "template.duckdb")
+    raw = raw_in(real_raw(), START, END)
+    wh = Warehouse(path)
+    aggregates = aggregate_minutes_duckdb(raw, START, END)
+    wh.replace_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS, aggregates, START, END)
+    wh.replace_window("ewma_anomalies", EWMA_ANOMALY_COLUMNS, detect_ewma_anomalies(aggregates, START, END), START, END)
+    wh.replace_window("coordinated_clusters", COORDINATED_CLUSTER_COLUMNS, detect_coordinated_clusters(raw, START, END), START, END)
+    flagged = wh.query("SELECT anomaly_id AS id FROM btc.ewma_anomalies WHERE severity IN ('medium','high') "
+                       "UNION ALL SELECT cluster_id FROM btc.coordinated_clusters WHERE severity IN ('medium','high')")
+    return path, sorted(flagged["id"])
+
+
+def _resources(tmp_path, template, server, **explainer):
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(open(template, "rb").read())
+    return {
+        "warehouse": WarehouseResource(path=str(path)),
+        "lake": LakeResource(url=str(tmp_path / "lake")),
+        "explainer": ExplainerResource(api_key=FAKE_API_KEY, base_url=server.url, **explainer),
+    }
+
+
+def _message_calls(server) -> int:
+    return sum(1 for r in server.requests if r.method == "POST" and r.path == "/v1/messages")
+
+
+def test_every_flagged_item_gets_one_claude_explanation_and_a_rerun_makes_no_call(tmp_path, detected, caplog):
+    template, flagged = detected
+    assert len(flagged) >= 3
+    fake = FakeAnthropic()
+    with fake.serve() as server, caplog.at_level(logging.DEBUG):
+        resources = _resources(tmp_path, template, server)
+        first = dg.materialize([anomaly_explanations], resources=resources, tags=TAGS)
+        calls_after_first = _message_calls(server)
+        second = dg.materialize([anomaly_explanations], resources=resources, tags=TAGS)
+        calls_after_second = _message_calls(server)
+    assert first.success and second.success
+    assert calls_after_first == len(flagged)
+    assert calls_after_second == calls_after_first, "identical inputs must never be paid twice"
+
+    rows = Warehouse(resources["warehouse"].path).query("SELECT * FROM btc.anomaly_explanations")
+    assert sorted(rows["anomaly_id"]) == flagged
+    assert set(rows["source"]) == {"claude"} and set(rows["status"]) == {"ok"}
+    assert (rows["input_tokens"] > 0).all() and rows["model_id"].str.startswith("claude-haiku-4-5").all()
+
+    prompt = str(fake.message_bodies[0])
+    assert "BTC" in prompt and "sat/vB" in prompt and "block" in prompt
+
+    check = next(e.event_specific_data for e in second.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
+    assert check.passed and check.metadata["explained_ok"].value == len(flagged)
+    metadata = second.asset_materializations_for_node("btc__anomaly_explanations")[0].metadata
+    exposed = caplog.text + str(first.all_events) + str(second.all_events) + str(metadata) + rows.to_csv()
+    assert FAKE_API_KEY not in exposed
+
+
+def test_a_backfill_above_the_threshold_goes_through_one_batch(tmp_path, detected):
+    template, flagged = detected
+    fake = FakeAnthropic()
+    with fake.serve() as server:
+        resources = _resources(tmp_path, template, server, batch_threshold=2, batch_poll_interval_seconds=0.05,
+                               batch_max_wait_seconds=10)
+        assert dg.materialize([anomaly_explanations], resources=resources, tags=TAGS).success
+    assert _message_calls(server) == 0 and len(fake.batches) == 1
+    rows = Warehouse(resources["warehouse"].path).query("SELECT anomaly_id, batch_id, status FROM btc.anomaly_explanations")
+    assert sorted(rows["anomaly_id"]) == flagged and rows["batch_id"].notna().all() and set(rows["status"]) == {"ok"}
+
+
+def test_an_unknown_model_fails_the_run_with_a_clear_error(tmp_path, detected):
+    template, _ = detected
+    with FakeAnthropic().serve() as server:
+        resources = _resources(tmp_path, template, server, model="claude-3-opus-20240229")
+        result = dg.materialize([anomaly_explanations], resources=resources, tags=TAGS, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "claude-3-opus-20240229" in failure.event_specific_data.user_failure_data.description
+
+
+def test_without_a_key_the_rules_explain_and_say_so(tmp_path, detected):
+    template, flagged = detected
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(open(template, "rb").read())
+    resources = {"warehouse": WarehouseResource(path=str(path)), "lake": LakeResource(url=str(tmp_path / "lake")),
+                 "explainer": ExplainerResource()}
+    result = dg.materialize([anomaly_explanations], resources=resources, tags=TAGS)
+    rows = Warehouse(str(path)).query("SELECT source, model_id, summary FROM btc.anomaly_explanations")
+    assert result.success and len(rows) == len(flagged)
+    assert set(rows["source"]) == {"rules"} and rows["summary"].str.contains("rule-based").all()
+    metadata = result.asset_materializations_for_node("btc__anomaly_explanations")[0].metadata
+    assert metadata["sources"].value == "rules"
