@@ -101,6 +101,12 @@ def deliver_alerts(defs, instance) -> None:
         job.execute_in_process(instance=instance, run_config=request.run_config, tags=request.tags, raise_on_error=False)
 
 
+def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
+    from btc_anomaly_assets.dashboard.app import add_dashboard_arguments as add  # dash is slow to import
+
+    add(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Dagster marks backfill policies and pools as beta/preview; the CLI's reader needs the results, not that.
     warnings.filterwarnings("ignore", module="dagster")
@@ -112,7 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("start", type=_parse_minute, help="first minute, e.g. 2025-08-13-00:00 (UTC)")
     backfill.add_argument("end", type=_parse_minute, help="end minute, exclusive")
     sub.add_parser("config", help="print the configuration table (environment variables and current values)")
-    args = parser.parse_args(argv)
+    from btc_anomaly_assets.report import add_report_arguments, run_report
+
+    add_report_arguments(sub.add_parser("report", help="write the tutorial's report CSVs from DuckDB"))
+    add_dashboard_arguments(sub.add_parser("dashboard", help="serve the analyst's dashboard (Dash; reads DuckDB live)"))
+    sub.add_parser("spark-connect-server", add_help=False,
+                   help="run a local Spark Connect server from the installed pyspark until Ctrl-C (--port 15002)")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "spark-connect-server":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     if args.command == "demo":
         if settings.env_value("BTC_SOURCE") != "sample":
@@ -122,6 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         return run_range(args.start, args.end)
     if args.command == "config":
         print(settings.config_table(with_current=True))
+        return 0
+    if args.command == "report":
+        return run_report(args)
+    if args.command == "dashboard":
+        from btc_anomaly_assets.dashboard.app import run_dashboard
+
+        return run_dashboard(args)
+    if args.command == "spark-connect-server":
+        from btc_anomaly_assets.lib.spark_session import main as spark_server_main
+
+        spark_server_main(extra)
         return 0
     return 2
 

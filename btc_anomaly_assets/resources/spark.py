@@ -10,42 +10,43 @@ from __future__ import annotations
 
 from dagster_pyspark import LazyPySparkResource
 
-from btc_anomaly_assets.lib.spark_session import (
-    DEFAULT_MASTER,
-    FIXED_CONF,
-    SparkEndpointError,
-    check_endpoint_reachable,
-    parse_connect_endpoint,
-)
+from btc_anomaly_assets.lib.spark_session import DEFAULT_MASTER, SparkSettings, build_spark_session
 
 CLASSIC_CONF = {
     "spark.sql.shuffle.partitions": "8",  # the default 200 tasks cost more than the work on 2 cores
-    "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "2g",
     "spark.log.level": "ERROR",  # Spark's WARN lines (window without partition on a tiny grid, plan truncation) are noise here
 }
 
 
+class SparkResource(LazyPySparkResource):
+    """``LazyPySparkResource`` whose session is built for classic *or* Connect from ``spark_config``.
+
+    dagster-pyspark builds every session with ``SparkSession.builder``; a Connect session needs
+    the Connect builder (so it can live beside a classic one in a process) and an endpoint check
+    first: an unreachable ``sc://`` endpoint then fails in seconds with a clear error instead of
+    the client's 100+ s of retries.
+    """
+
+    def _init_session(self) -> None:
+        if self._spark_session is None:
+            conf = dict(self.spark_config)
+            remote, master = conf.pop("spark.remote", None), conf.pop("spark.master", None)
+            app_name = conf.pop("spark.app.name", "btc-anomaly-assets")
+            self._spark_session = build_spark_session(SparkSettings(master=master, remote=remote, app_name=app_name,
+                                                                    extra_conf=conf))
+
+    @property
+    def engine(self) -> str:
+        return self.spark_config.get("spark.remote") or self.spark_config.get("spark.master") or DEFAULT_MASTER
+
+
 def spark_config(master: str | None, remote: str | None) -> dict[str, str]:
     if remote:
-        return {"spark.remote": remote, **FIXED_CONF}
-    return {"spark.master": master or DEFAULT_MASTER, "spark.app.name": "btc-anomaly-assets", **CLASSIC_CONF, **FIXED_CONF}
+        return {"spark.remote": remote}
+    return {"spark.master": master or DEFAULT_MASTER, "spark.app.name": "btc-anomaly-assets", **CLASSIC_CONF}
 
 
-def build_pyspark_resource(master: str | None, remote: str | None) -> LazyPySparkResource:
-    return LazyPySparkResource(spark_config=spark_config(master, remote))
-
-
-def check_spark_endpoint(config: dict) -> None:
-    """Fail in seconds with a clear error when a Spark Connect endpoint does not answer.
-
-    The Connect client would otherwise retry for more than 100 s before giving up.
-    """
-    remote = config.get("spark.remote")
-    if remote:
-        host, port = parse_connect_endpoint(remote)
-        check_endpoint_reachable(host, port)
-
-
-__all__ = ["SparkEndpointError", "build_pyspark_resource", "check_spark_endpoint", "spark_config"]
+def build_pyspark_resource(master: str | None, remote: str | None) -> SparkResource:
+    return SparkResource(spark_config=spark_config(master, remote))

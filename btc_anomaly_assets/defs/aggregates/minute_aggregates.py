@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 
 from btc_anomaly_assets.defs.common import (
     DUCKDB_POOL,
@@ -16,8 +15,9 @@ from btc_anomaly_assets.defs.common import (
 )
 from btc_anomaly_assets.lib.aggregate_checks import evaluate_aggregate_checks
 from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS
+from btc_anomaly_assets.lib.spark_session import connect_endpoint_label
 from btc_anomaly_assets.partitions import minute_partitions
-from btc_anomaly_assets.resources.spark import check_spark_endpoint
+from btc_anomaly_assets.resources.spark import SparkResource
 from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
 
 TABLE = "minute_aggregates"
@@ -49,7 +49,7 @@ CHECK_SPECS = [
               "dagster/table_name": "btc.minute_aggregates"},
 )
 def minute_aggregates(
-    context: dg.AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, pyspark: SparkResource, lake: LakeResource, warehouse: WarehouseResource
 ):
     """One row per UTC minute of the window, empty minutes included (tx_count = 0).
 
@@ -60,7 +60,6 @@ def minute_aggregates(
     from btc_anomaly_assets.lib.spark_aggregates import aggregate_minutes_spark
 
     start, end = window_of(context)
-    check_spark_endpoint(pyspark.spark_config)
     frame = aggregate_minutes_spark(pyspark.spark_session, lake.raw_transactions_path, start, end)
     wh = warehouse.get()
     wh.replace_window(TABLE, MINUTE_AGGREGATE_COLUMNS, frame, start, end)
@@ -75,7 +74,7 @@ def minute_aggregates(
             "minutes_with_transactions": len(busy),
             "empty_minutes": int(len(stored) - len(busy)),
             "time_basis": ", ".join(sorted(busy["time_basis"].dropna().unique())) or "none",
-            "spark": str(pyspark.spark_config.get("spark.remote") or pyspark.spark_config.get("spark.master")),
+            "spark": connect_endpoint_label(pyspark.engine) if pyspark.engine.startswith("sc://") else pyspark.engine,
             "preview": markdown_preview(busy[["minute", "tx_count", "block_count", "total_value_btc", "max_value_btc",
                                               "median_fee_rate_sat_vb", "fan_in_10_count", "fan_out_10_count"]]),
         },
