@@ -63,6 +63,8 @@ class Warehouse:
         try:
             con = self._open()
             try:
+                # A missing table must be an error, not a Python variable of the same name in the caller.
+                con.execute("SET python_enable_replacements = false")
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
                 yield con
             finally:

@@ -73,6 +73,17 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
     start, end = window_of(context)
     wh = warehouse.get()
     history = wh.read_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS, end - timedelta(minutes=config.history_minutes), end)
+    if int(history["tx_count"].sum()) == 0:
+        # Nothing happened in the trailing window (a quiet stretch between data, or the start of a
+        # deployment): there is no rate to extrapolate. Record that plainly instead of failing the run.
+        context.log.warning(f"no transactions in [{end - timedelta(minutes=config.history_minutes)}, {end}): no forecast made")
+        wh.replace_window(TABLE, TRANSACTION_FORECAST_COLUMNS, pd.DataFrame(columns=[c.name for c in TRANSACTION_FORECAST_COLUMNS]),
+                          start, end)
+        return dg.MaterializeResult(
+            metadata={"dagster/row_count": 0, "note": "no transactions in the trailing window: nothing to forecast"},
+            check_results=[dg.AssetCheckResult(check_name=FORECAST_QUALITY, passed=True,
+                                               metadata={"note": "no forecast: no activity in the trailing window"})],
+        )
     try:
         series = forecast_series(history)
         forecast = fit_and_forecast(series, horizon_minutes=config.horizon_minutes)
