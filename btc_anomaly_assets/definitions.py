@@ -11,6 +11,7 @@ from btc_anomaly_assets.defs.detection.detectors import coordinated_clusters, ew
 from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
 from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
 from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
+from btc_anomaly_assets.defs.live.schedules import build_live_schedules
 from btc_anomaly_assets.resources.alerts import AlertDestinationResource
 from btc_anomaly_assets.resources.claude import ExplainerResource
 from btc_anomaly_assets.resources.detection import DetectionSettings
@@ -68,6 +69,7 @@ pipeline_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[pipeline_job, send_anomaly_alert],
+    schedules=build_live_schedules(pipeline_job),
     sensors=[anomaly_alert_sensor, pipeline_failure_alert],
     resources=build_resources(),
 )

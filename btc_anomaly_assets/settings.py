@@ -49,6 +49,7 @@ SETTINGS: list[Setting] = [
     Setting("BTC_ALERT_OUTBOX", None, "JSON-lines outbox used when no Slack destination is set. Default `<BTC_DATA_DIR>/alerts_outbox.jsonl`"),
     Setting("BTC_ALERT_MIN_SEVERITY", "medium", "Lowest severity that is alerted: `info`, `low`, `medium`, `high`"),
     Setting("BTC_DAGSTER_UI_URL", "http://localhost:3000", "Dagster UI base URL used for links in alerts"),
+    Setting("BTC_LIVE", "off", "`on` starts the live schedules: each closed minute through the graph, plus a late-data sweep"),
     Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),
     Setting("BTC_PARTITIONS_END", "2025-08-15-00:00", "End of the minute partitions (exclusive); `none` for an open-ended live deployment"),
 ]
