@@ -45,41 +45,14 @@ from btc_anomaly_assets.lib.spark_session import (  # noqa: E402
     build_spark_session,
     start_local_connect_server,
 )
-from btc_anomaly_assets_tests.real_data import real_raw  # noqa: E402
+from benchmarks.synthetic import DAY, synthetic_day  # noqa: E402
 
-DAY = datetime(2025, 8, 20)
 SPARK_CONF = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
 }
 DRIVER_MEMORY = "2g"
-
-
-def synthetic_day(target_rows: int) -> pd.DataFrame:
-    """The real blocks replayed over one day (fresh hashes/heights, evenly spaced block times)."""
-    real = real_raw()
-    blocks = [rows for _, rows in real.groupby("block_id", sort=True)]
-    sizes = [len(b) for b in blocks]
-    n_blocks, total = 0, 0
-    while total < target_rows:
-        total += sizes[n_blocks % len(blocks)]
-        n_blocks += 1
-    spacing = timedelta(days=1) / n_blocks
-    parts = []
-    for i in range(n_blocks):
-        rows = blocks[i % len(blocks)].copy()
-        block_time = DAY + spacing * i + spacing / 2
-        rows["block_id"] = 920_000 + i
-        rows["hash"] = [hashlib.sha256(f"{h}|{i}".encode()).hexdigest() for h in rows["hash"]]
-        rows["time"] = pd.Timestamp(block_time.replace(microsecond=0)).as_unit("us")
-        rows["minute"] = rows["time"].dt.floor("min")
-        parts.append(rows)
-    day = pd.concat(parts, ignore_index=True)
-    day = day.astype(real.dtypes.to_dict())
-    print(f"synthetic day {DAY:%Y-%m-%d}: {len(day):,} tx in {n_blocks} blocks, one every {spacing.total_seconds() / 60:.1f} min, "
-          f"{day['minute'].nunique()} non-empty minutes")
-    return day
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
