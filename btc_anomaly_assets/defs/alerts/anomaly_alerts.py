@@ -191,8 +191,12 @@ def pipeline_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertDes
     from btc_anomaly_assets.lib.slack_messages import build_run_failure_message
 
     run = context.dagster_run
+    step_failures = [r.dagster_event for r in context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
+    first_error = step_failures[0].step_failure_data.error if step_failures else None
     message = build_run_failure_message(
-        job_name=run.job_name, run_id=run.run_id, error=context.failure_event.message,
+        job_name=run.job_name, run_id=run.run_id,
+        error=first_error.to_string() if first_error else context.failure_event.message,
+        failed_steps=[e.step_key for e in step_failures],
         partition=run.tags.get("dagster/partition") or run.tags.get("dagster/asset_partition_range_start"),
         ui_base_url=alerts.ui_base_url,
     )
