@@ -68,6 +68,9 @@ pipeline_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
+    # Runs launched from an asset page use the implicit asset job: keep its steps in one process,
+    # like btc_pipeline (a subprocess per small step costs seconds each).
+    executor=dg.in_process_executor,
     jobs=[pipeline_job, send_anomaly_alert],
     schedules=build_live_schedules(pipeline_job),
     sensors=[anomaly_alert_sensor, pipeline_failure_alert],

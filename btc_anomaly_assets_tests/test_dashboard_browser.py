@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,15 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from btc_anomaly_assets_tests.browser import (
+    ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, SKIP_REASON, open_page, start_chromium, stop_chromium,
+)
 from btc_anomaly_assets_tests.small_warehouse import add_live_explanation, build_small_warehouse
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; CI's .ci/run installs it)"
-)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 WINDOW = (1400, 1700)
 TAB_LABELS = ("Overview", "Detection &amp; Forecasting", "Explanation audit trail")
 SERVER_START_SECONDS = 45
@@ -106,9 +103,8 @@ def render(url: str, screenshot: Path, profile: Path) -> str:
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.unlink(missing_ok=True)
     command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-        f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        CHROMIUM, *CHROMIUM_FLAGS, "--hide-scrollbars", f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
         # Virtual time runs only while no request is pending, so the budget covers loading the
         # scripts and every callback round trip before the DOM is dumped.
         "--virtual-time-budget=20000", f"--screenshot={screenshot}", "--dump-dom", url,
@@ -165,67 +161,13 @@ def test_every_tab_renders_live_warehouse_data(dashboard, tmp_path):
     assert summary in dom and "3 of 3 explanations" in dom
 
 
-class DevTools:
-    """A minimal Chrome DevTools Protocol client: navigate, evaluate JavaScript, screenshot."""
-
-    def __init__(self, websocket):
-        self._ws = websocket
-        self._next_id = 0
-
-    async def call(self, method: str, **params) -> dict:
-        self._next_id += 1
-        await self._ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
-        while True:  # events arrive in between; keep the answer to this call
-            message = json.loads(await self._ws.recv())
-            if message.get("id") == self._next_id:
-                if "error" in message:
-                    raise AssertionError(f"DevTools {method} failed: {message['error']}")
-                return message["result"]
-
-    async def evaluate(self, expression: str):
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, what: str, seconds: float = 20.0):
-        """Poll ``expression`` until it is truthy (a wait for rendering, not a speed assertion)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.25)
-        raise AssertionError(f"timed out waiting for {what}")
-
-
-def _devtools_url(profile: Path, browser: subprocess.Popen) -> str:
-    """The page target's websocket URL of a Chromium started with --remote-debugging-port=0."""
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not port_file.exists():
-        assert browser.poll() is None, "chromium exited before opening DevTools"
-        time.sleep(0.1)
-    port = int(port_file.read_text().split()[0])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5) as reply:
-        targets = json.load(reply)
-    return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-
-
 def test_clicking_a_row_shows_the_whole_explanation(dashboard, tmp_path):
-    import websockets
-
     base, _ = dashboard
     profile = tmp_path / "profile-click"
-    browser = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-         "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    browser = start_chromium(profile, WINDOW)
 
     async def click_and_read() -> tuple[str, bytes]:
-        async with websockets.connect(_devtools_url(profile, browser), max_size=None) as ws:
-            tools = DevTools(ws)
+        async with open_page(profile, browser) as tools:
             await tools.call("Page.navigate", url=f"{base}?tab=audit")
             cell = "Array.from(document.querySelectorAll('td[data-dash-column=\"summary\"]'))" \
                    ".find(td => td.innerText.includes('19,609 BTC'))"
@@ -240,8 +182,7 @@ def test_clicking_a_row_shows_the_whole_explanation(dashboard, tmp_path):
     try:
         detail, png = asyncio.run(asyncio.wait_for(click_and_read(), BROWSER_SECONDS))
     finally:
-        browser.terminate()
-        browser.wait(timeout=10)
+        stop_chromium(browser)
     (ARTIFACTS / "dashboard_audit_detail.png").write_bytes(png)
     for text in ("A single 19,609 BTC transfer landed in block 909769.", "83x the usual largest transaction",
                  "exchange cold-wallet rebalancing, OTC settlement", "above the 1,000 BTC review threshold",

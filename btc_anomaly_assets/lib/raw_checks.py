@@ -33,31 +33,32 @@ def _verdict(name: str, description: str, bad: pd.DataFrame, **figures) -> Check
 
 def check_hashes_unique(frame: pd.DataFrame) -> CheckVerdict:
     bad = frame[frame["hash"].duplicated(keep=False)]
-    return _verdict("hashes_unique", "Every transaction hash appears once in the window", bad)
+    return _verdict("hashes_unique", RAW_CHECK_DESCRIPTIONS["hashes_unique"], bad)
 
 
 def check_no_null_keys(frame: pd.DataFrame) -> CheckVerdict:
     mask = frame[KEY_FIELDS].isna().any(axis=1)
     bad = frame[mask]
     nulls = {c: int(frame[c].isna().sum()) for c in KEY_FIELDS if frame[c].isna().any()}
-    return _verdict("no_null_keys", f"No NULL in {', '.join(KEY_FIELDS)}", bad, null_counts=str(nulls))
+    return _verdict("no_null_keys", RAW_CHECK_DESCRIPTIONS["no_null_keys"], bad, null_counts=str(nulls))
 
 
 def check_amounts_non_negative(frame: pd.DataFrame) -> CheckVerdict:
     bad = frame[(frame[AMOUNT_FIELDS] < 0).any(axis=1)]
-    return _verdict("amounts_non_negative", "Amounts, sizes and counts are >= 0", bad)
+    return _verdict("amounts_non_negative", RAW_CHECK_DESCRIPTIONS["amounts_non_negative"], bad)
 
 
 def check_fee_balances(frame: pd.DataFrame) -> CheckVerdict:
     spend = frame[~frame["is_coinbase"].astype(bool)]
     bad = spend[spend["fee"] != spend["input_total"] - spend["output_total"]]
-    return _verdict("fee_equals_inputs_minus_outputs", "fee == input_total - output_total for every non-coinbase row", bad)
+    return _verdict("fee_equals_inputs_minus_outputs", RAW_CHECK_DESCRIPTIONS["fee_equals_inputs_minus_outputs"], bad)
 
 
 def check_times_in_window(frame: pd.DataFrame, start: datetime, end: datetime) -> CheckVerdict:
     lo, hi = _naive(start), _naive(end)
     bad = frame[(frame["time"] < lo) | (frame["time"] >= hi) | (frame["minute"] != frame["time"].dt.floor("min"))]
-    return _verdict("times_in_partition_window", f"Every time inside [{lo}, {hi}) and minute = floor(time)", bad)
+    return _verdict("times_in_partition_window", RAW_CHECK_DESCRIPTIONS["times_in_partition_window"], bad,
+                    window=f"[{lo}, {hi})")
 
 
 def check_row_count(frame: pd.DataFrame, reported_rows: int) -> CheckVerdict:
@@ -65,7 +66,7 @@ def check_row_count(frame: pd.DataFrame, reported_rows: int) -> CheckVerdict:
     return CheckVerdict(
         "row_count_matches_source",
         passed,
-        "Rows stored in the lake equal the rows the source reported for the window",
+        RAW_CHECK_DESCRIPTIONS["row_count_matches_source"],
         pd.DataFrame(),
         {"stored_rows": len(frame), "source_reported_rows": int(reported_rows)},
     )
@@ -82,5 +83,13 @@ def evaluate_raw_checks(frame: pd.DataFrame, start: datetime, end: datetime, rep
     ]
 
 
-RAW_CHECK_NAMES = ["hashes_unique", "no_null_keys", "amounts_non_negative", "fee_equals_inputs_minus_outputs",
-                   "times_in_partition_window", "row_count_matches_source"]
+# name -> what the check guarantees (the Dagster check specs show these texts)
+RAW_CHECK_DESCRIPTIONS = {
+    "hashes_unique": "Every transaction hash appears once in the window",
+    "no_null_keys": f"No NULL in {', '.join(KEY_FIELDS)}",
+    "amounts_non_negative": "Amounts, sizes and counts are >= 0",
+    "fee_equals_inputs_minus_outputs": "fee == input_total - output_total for every non-coinbase row",
+    "times_in_partition_window": "Every time inside the partition window and minute = floor(time)",
+    "row_count_matches_source": "Rows stored in the lake equal the rows the source reported for the window",
+}
+RAW_CHECK_NAMES = list(RAW_CHECK_DESCRIPTIONS)

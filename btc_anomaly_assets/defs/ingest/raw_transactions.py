@@ -1,11 +1,13 @@
 """btc/raw_transactions: one row per transaction observed in the minute, in the Parquet lake."""
 
 
+from datetime import timezone
+
 import dagster as dg
 
 from btc_anomaly_assets.defs.common import OWNERS, RAW_TRANSACTIONS, column_schema, markdown_preview, window_of
 from btc_anomaly_assets.lib.lake import read_raw_window, write_raw_window
-from btc_anomaly_assets.lib.raw_checks import RAW_CHECK_NAMES, evaluate_raw_checks
+from btc_anomaly_assets.lib.raw_checks import RAW_CHECK_DESCRIPTIONS, evaluate_raw_checks
 from btc_anomaly_assets.lib.schema import RAW_TRANSACTION_COLUMNS, SATOSHI_PER_BTC
 from btc_anomaly_assets.partitions import minute_partitions
 from btc_anomaly_assets.resources.sources import TransactionSource
@@ -13,17 +15,7 @@ from btc_anomaly_assets.resources.storage import LakeResource
 
 RAW_CHECK_SPECS = [
     dg.AssetCheckSpec(name, asset=RAW_TRANSACTIONS, blocking=True, description=description)
-    for name, description in zip(
-        RAW_CHECK_NAMES,
-        [
-            "Transaction hashes are unique in the window",
-            "No NULL in the key fields",
-            "Amounts, sizes and counts are non-negative",
-            "fee == input_total - output_total for non-coinbase rows",
-            "Every `time` lies inside the partition window",
-            "Stored row count equals what the source reported for the window",
-        ],
-    )
+    for name, description in RAW_CHECK_DESCRIPTIONS.items()
 ]
 
 
@@ -58,9 +50,9 @@ def raw_transactions(context: dg.AssetExecutionContext, source: TransactionSourc
             "time_basis": ", ".join(bases) or "none",
             "minutes_with_rows": int(stored["minute"].nunique()),
             "blocks": int(stored.loc[stored["block_id"] >= 0, "block_id"].nunique()),
-            "value_moved_btc": float(stored["output_total"].sum() / SATOSHI_PER_BTC),
-            "window_start": str(start),
-            "window_end": str(end),
+            "value_moved_btc": round(float(stored["output_total"].sum() / SATOSHI_PER_BTC), 2),
+            "window_start": dg.MetadataValue.timestamp(start.replace(tzinfo=timezone.utc)),
+            "window_end": dg.MetadataValue.timestamp(end.replace(tzinfo=timezone.utc)),
             **{f"source_{k}": v for k, v in batch.figures.items()},
             "preview": markdown_preview(stored[["time", "hash", "block_id", "input_count", "output_count", "output_total", "fee"]]),
         },
