@@ -12,7 +12,13 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.aggregates_sql import TRAILING_MINUTES, AggregationError, aggregate_minutes_duckdb
+from btc_anomaly_assets.lib.aggregates_sql import (
+    FEE_OUTLIER_MULTIPLE,
+    TRAILING_MINUTES,
+    AggregationError,
+    aggregate_minutes_duckdb,
+)
+from btc_anomaly_assets.lib.lake import raw_path, write_raw_window
 from btc_anomaly_assets.lib.spark_aggregates import aggregate_minutes_spark, hour_folders
 from btc_anomaly_assets.lib.spark_session import (
     ConnectServerError,
@@ -22,7 +28,7 @@ from btc_anomaly_assets.lib.spark_session import (
     free_loopback_port,
     start_local_connect_server,
 )
-from btc_anomaly_assets_tests.real_data import block_minutes, real_raw
+from btc_anomaly_assets_tests.real_data import block_minutes, copies_of, real_raw
 
 pytest_plugins = ["btc_anomaly_assets_tests.conftest_spark"]
 # Boot the Connect server in the background while the classic session starts.
@@ -119,6 +125,56 @@ def test_classic_rerun_gives_an_identical_frame(classic_spark, real_lake, classi
 
     assert first["tx_count"].iloc[0] > 1000
     pd.testing.assert_frame_equal(first, second, check_exact=True)
+
+
+# fee_per_kwu of the two middle rows and of the row at exactly 20x their median (see below).
+EDGE_MIDDLE_KWU = (438.2667, 2542.9692)
+EDGE_OUTLIER_KWU = 29812.358999999997
+
+
+def crafted_fee_outlier_rows(raw: pd.DataFrame, at: datetime) -> pd.DataFrame:
+    """Four minutes from ``at`` that test ``fee_outlier_tx_count`` at its edges (copies of a real row).
+
+    Minute 0 has an even number of rates whose two middle values ``lo``, ``hi`` make the two
+    interpolations differ in the last bit (``0.5 * lo + 0.5 * hi``, DuckDB's ``quantile_cont``, <
+    ``lo + (hi - lo) * 0.5``, Spark's ``percentile``), and one rate lying exactly at 20x the first:
+    it counts only if both engines use the same formula.
+    Minute 1 holds only a coinbase, minute 2 has a zero median, minute 3 is empty.
+    """
+    template = raw[~raw["is_coinbase"]].iloc[0]
+    coinbase = raw[raw["is_coinbase"]].iloc[0]
+    minute_0 = [100.0, *EDGE_MIDDLE_KWU, EDGE_OUTLIER_KWU]
+    parts = [
+        copies_of(template, 1, f"edge-{i}", fee_per_kwu=rate, minute=at, time=at, block_id=1)
+        for i, rate in enumerate(minute_0)
+    ]
+    parts.append(copies_of(coinbase, 1, "edge-coinbase", minute=at + timedelta(minutes=1), time=at + timedelta(minutes=1), block_id=2))
+    parts += [
+        copies_of(template, 1, f"edge-zero-{i}", fee=0 if i < 2 else template["fee"], fee_per_kwu=0.0 if i < 2 else 5000.0,
+                  minute=at + timedelta(minutes=2), time=at + timedelta(minutes=2), block_id=3)
+        for i in range(3)
+    ]
+    return pd.concat(parts, ignore_index=True).astype(raw.dtypes.to_dict())
+
+
+def test_fee_outlier_count_is_identical_where_percentile_interpolations_differ(classic_spark, connect_spark, raw, tmp_path):
+    lo, hi = (kwu / 250.0 for kwu in EDGE_MIDDLE_KWU)
+    outlier = EDGE_OUTLIER_KWU / 250.0
+    # The row sits exactly on the threshold of one formula and just below the other's.
+    assert 20 * (0.5 * lo + 0.5 * hi) <= outlier < 20 * (lo + (hi - lo) * 0.5)
+    at = datetime(2025, 8, 20, 12, 0)
+    window = (at, at + timedelta(minutes=4))
+    rows = crafted_fee_outlier_rows(raw, at)
+    lake = raw_path(str(tmp_path / "lake"))
+    write_raw_window(lake, rows, *window)
+
+    reference = aggregate_minutes_duckdb(rows, *window)
+    assert FEE_OUTLIER_MULTIPLE == 20.0
+    assert reference["fee_outlier_tx_count"].tolist() == [1, 0, 0, 0]
+    for session in (classic_spark, connect_spark):
+        spark_frame = aggregate_minutes_spark(session, lake, *window)
+        assert spark_frame["fee_outlier_tx_count"].tolist() == [1, 0, 0, 0]
+        assert_matches_reference(spark_frame, reference)
 
 
 def test_a_missing_lake_root_is_an_error_not_empty_minutes(classic_spark, tmp_path):

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from btc_anomaly_assets.lib.aggregates_sql import (
+    FEE_OUTLIER_MULTIPLE,
     TRAILING_MINUTES,
     AggregationError,
     aggregate_minutes_duckdb,
@@ -86,7 +87,7 @@ def test_empty_minutes_get_zero_counts_empty_blocks_and_null_statistics():
     for empty in (minute(0), minute(2)):
         row = out[empty]
         assert row.tx_count == 0 and row.block_count == 0
-        assert row.fan_in_10_count == 0 and row.fan_out_10_count == 0
+        assert row.fan_in_10_count == 0 and row.fan_out_10_count == 0 and row.fee_outlier_tx_count == 0
         assert row.block_ids == []
         assert row.time_basis is None
         for name in ("avg_value_sat", "total_value_btc", "median_fee_rate_sat_vb", "total_value_usd", "mean_vsize_vb"):
@@ -263,3 +264,32 @@ def test_a_minute_mixing_time_bases_is_refused():
     frame = raw_frame([tx(0), tx(0, time_basis="first_seen", block_id=-1)])
     with pytest.raises(AggregationError, match="mix time bases.*2025-08-13 12:00:00"):
         aggregate_minutes_duckdb(frame, minute(0), minute(1))
+
+
+def test_fee_outliers_are_rows_paying_at_least_twenty_times_the_minute_median():
+    # Minute 0: rates 1, 2, 3, 4 sat/vB and two payers; the median of the six is 3.5, so the
+    # threshold is 70 sat/vB: 70 counts (>=), 69.9 does not. A coinbase is never an outlier.
+    rates = [1.0, 2.0, 3.0, 4.0, 69.9, 70.0]
+    rows = [tx(0, fee_per_kwu=r * 250) for r in rates]
+    rows.append(tx(0, is_coinbase=True, fee=0, fee_per_kwu=1e9))
+    # Minute 1: the median is 0 (three zero-fee rows), so "20x the median" is undefined: no outliers.
+    rows += [tx(1, fee=0, fee_per_kwu=0.0) for _ in range(3)] + [tx(1, fee_per_kwu=250.0 * 50)]
+    # Minute 2: only a coinbase. Minute 3: empty.
+    rows.append(tx(2, is_coinbase=True, fee=0, fee_per_kwu=0.0))
+    out = by_minute(aggregate_minutes_duckdb(raw_frame(rows), minute(0), minute(4)))
+
+    assert out[minute(0)].median_fee_rate_sat_vb == pytest.approx(3.5)
+    assert FEE_OUTLIER_MULTIPLE == 20.0
+    assert out[minute(0)].fee_outlier_tx_count == 1
+    assert out[minute(1)].fee_outlier_tx_count == 0
+    assert out[minute(2)].fee_outlier_tx_count == 0 and out[minute(3)].fee_outlier_tx_count == 0
+
+
+def test_fee_outlier_median_is_the_minute_median_not_the_window_median():
+    # The same 40 sat/vB payer is an outlier next to 1 sat/vB rows and ordinary next to 10 sat/vB rows.
+    rows = [tx(0, fee_per_kwu=250.0) for _ in range(5)] + [tx(0, fee_per_kwu=40 * 250.0)]
+    rows += [tx(1, fee_per_kwu=2500.0) for _ in range(5)] + [tx(1, fee_per_kwu=40 * 250.0)]
+    out = by_minute(aggregate_minutes_duckdb(raw_frame(rows), minute(0), minute(2)))
+
+    assert out[minute(0)].fee_outlier_tx_count == 1
+    assert out[minute(1)].fee_outlier_tx_count == 0

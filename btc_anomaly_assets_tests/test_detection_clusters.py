@@ -164,18 +164,71 @@ def test_forty_identical_transactions_are_a_similar_burst(real_raw):
     assert not before["severity"].isin(MEDIUM_PLUS).any()
 
 
-def test_a_ten_fold_batch_payout_storm_is_flagged(real_raw):
-    block_id = 909781
+def storm_blocks(raw: pd.DataFrame) -> list[int]:
+    """Blocks with at least ``burst_warmup_units`` earlier blocks in their excerpt (the burst rule grades them)."""
+    warmup = ClusterConfig().burst_warmup_units
+    minutes = rd.block_minutes(raw)
+    blocks = []
+    for start, end in rd.REAL_WINDOWS:
+        in_window = sorted((m, b) for b, m in minutes.items() if start <= m < end)
+        blocks += [b for i, (_, b) in enumerate(in_window) if i >= warmup]
+    return blocks
+
+
+def test_a_ten_fold_batch_payout_storm_is_flagged_in_every_block_after_warm_up(real_raw, real_clusters):
+    """10x the usual number of batch payouts (median of the previous six blocks), injected into each
+    block after warm-up in turn, is one fan-out cluster holding every injected payout, medium+, in
+    that block's minute. Includes the cases the median share missed: right after tiny blocks
+    (909770, 909773-909775), right after a busy block (909774) and after a 20-minute gap (909931)."""
+    minutes = rd.block_minutes(real_raw)
+    blocks = storm_blocks(real_raw)
+    assert len(blocks) == 23 and {909770, 909773, 909774, 909775, 909931} <= set(blocks)
+    results, misses = [], []
+    for block_id in blocks:
+        minute = minutes[block_id]
+        injected, hashes = rd.inject_batch_storm(real_raw, block_id)
+        after = cluster_window(injected, minute, minute + timedelta(minutes=1))
+        storm = after[after["pattern"] == PATTERN_FAN_OUT]
+        before = real_clusters[(real_clusters["minute"] == minute) & (real_clusters["pattern"] == PATTERN_FAN_OUT)]
+        found = len(storm) == 1 and set(hashes) <= set(storm["member_hashes"].iloc[0])
+        severity = storm["severity"].iloc[0] if len(storm) == 1 else None
+        results.append((block_id, len(hashes), severity, round(float(storm["score"].iloc[0]), 2) if found else None))
+        if not found or severity not in MEDIUM_PLUS or before["severity"].isin(MEDIUM_PLUS).any():
+            misses.append(results[-1])
+    assert not misses, f"missed (block, injected, severity, score): {misses}; all: {results}"
+
+
+def test_a_storm_right_after_a_busy_block_changes_nothing_else(real_raw):
+    """909774 follows a real block with 117 batch payouts: its 220 are only 3.6x the pooled share,
+    like real bursts; the count rule (10x the usual 22 per block) is what makes it medium."""
+    block_id = 909774
     minute = rd.block_minutes(real_raw)[block_id]
     injected, hashes = rd.inject_batch_storm(real_raw, block_id)
     after = cluster_window(injected, *window_of(minute))
     storm = after[(after["pattern"] == PATTERN_FAN_OUT) & (after["minute"] == minute)]
     assert len(storm) == 1 and storm["severity"].iloc[0] in MEDIUM_PLUS, storm[["score", "baseline", "rule"]].to_dict("records")
+    assert storm["score"].iloc[0] < 4.0 and "usual count" in storm["rule"].iloc[0]
     assert set(hashes) <= set(storm["member_hashes"].iloc[0])
     # Nothing else moved: the other minutes' batch clusters are as before.
     before = cluster_window(real_raw, *window_of(minute))
     other_batches = lambda frame: frame[(frame["pattern"] == PATTERN_FAN_OUT) & (frame["minute"] < minute)]
     pd.testing.assert_frame_equal(other_batches(after), other_batches(before))
+
+
+def test_a_surge_of_all_traffic_is_not_a_batch_storm():
+    """First-seen minutes: 10x the usual arrivals with the usual mix multiply the batch payouts by 10
+    too, but their share is ordinary, so the count rule stays quiet (that is a tx_count anomaly)."""
+    t0 = datetime(2025, 8, 20, 12, 0)
+    ordinary = [(1, 2, 10_000 + j) for j in range(100)]
+    parts = [_raw_rows(ordinary + [(1, 30, 5_000_000), (1, 31, 6_000_000), (1, 32, 7_000_000)], t0 + timedelta(minutes=i), "first_seen") for i in range(6)]
+    surge_minute = t0 + timedelta(minutes=6)
+    parts.append(_raw_rows([(1, 2, 20_000 + j) for j in range(1_000)] + [(1, 30, 5_000_000 + j) for j in range(30)], surge_minute, "first_seen"))
+    raw = pd.concat(parts, ignore_index=True)
+    raw["hash"] = [rd.fake_hash("surge", i) for i in range(len(raw))]
+    out = detect_coordinated_clusters(raw, surge_minute, surge_minute + timedelta(minutes=1))
+    batch = out[out["pattern"] == PATTERN_FAN_OUT].iloc[0]
+    assert batch["tx_count"] == 30 and batch["score"] < 2.5
+    assert "10.0x the usual 3.0" in batch["rule"] and batch["severity"] == "info"
 
 
 # --- building blocks and errors ------------------------------------------------------------------------

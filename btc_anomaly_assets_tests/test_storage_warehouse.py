@@ -100,3 +100,18 @@ def test_upsert_replaces_by_key(tmp_path):
     wh.upsert("things", COLUMNS, _frame([2], "z"), key="minute")
     got = wh.read_window("things", COLUMNS, T0, T0 + timedelta(hours=1))
     assert got["label"].tolist() == ["x", "z"]
+
+
+def test_a_newer_contract_adds_its_columns_to_an_existing_table(tmp_path):
+    wh = Warehouse(str(tmp_path / "w.duckdb"))
+    wh.replace_window("things", COLUMNS[:3], _frame([1]).drop(columns="ids"), T0, T0 + timedelta(minutes=5))
+    wh.replace_window("things", COLUMNS, _frame([2]), T0 + timedelta(minutes=2), T0 + timedelta(minutes=3))
+    got = wh.read_window("things", COLUMNS, T0, T0 + timedelta(minutes=5))
+    assert got["ids"].isna().tolist()[0] and list(got["ids"].iloc[1]) == [2, 3]
+
+
+def test_replace_all_swaps_the_whole_table(tmp_path):
+    wh = Warehouse(str(tmp_path / "w.duckdb"))
+    wh.replace_all("things", COLUMNS, _frame([1, 2]))
+    wh.replace_all("things", COLUMNS, _frame([7], "n"))
+    assert wh.read_window("things", COLUMNS, T0, T0 + timedelta(hours=1))["label"].tolist() == ["n"]

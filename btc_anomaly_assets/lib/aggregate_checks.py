@@ -11,7 +11,7 @@ import pandas as pd
 from btc_anomaly_assets.lib.lake import hour_file, hour_starts
 from btc_anomaly_assets.lib.raw_checks import CheckVerdict
 
-COUNT_COLUMNS = ["tx_count", "block_count", "fan_in_10_count", "fan_out_10_count", "tx_count_5min"]
+COUNT_COLUMNS = ["tx_count", "block_count", "fan_in_10_count", "fan_out_10_count", "fee_outlier_tx_count", "tx_count_5min"]
 AMOUNT_COLUMNS = ["total_value_btc", "max_value_btc", "median_value_btc", "total_fee_btc", "median_fee_rate_sat_vb",
                   "p90_fee_rate_sat_vb", "p99_fee_rate_sat_vb", "mean_vsize_vb", "avg_value_sat", "avg_fee_sat"]
 

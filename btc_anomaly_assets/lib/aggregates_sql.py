@@ -16,6 +16,15 @@ Definitions shared with ``spark_aggregates`` (both engines must agree to ~1e-9 r
 - ``avg_fee_to_value_ratio`` is the mean of ``fee / output_total`` over rows with ``fee > 0``
   and ``output_total > 0`` (the tutorial's filter; the per-row value is not rounded).
 - ``block_ids`` / ``block_count`` ignore ``block_id < 0`` (mempool rows).
+- ``fee_outlier_tx_count`` counts non-coinbase rows whose fee rate is ``>= FEE_OUTLIER_MULTIPLE``
+  (20) times the minute's median fee rate, and only when that median is > 0 (with a zero median
+  every paying row would count). A count must be *identical* in both engines, not close, so this
+  median is not taken from ``quantile_cont`` / ``percentile``: between the two middle values
+  ``lo`` and ``hi``, DuckDB 2.0.1 returns ``0.5 * lo + 0.5 * hi`` and Spark 4.3
+  ``lo + (hi - lo) * 0.5`` (measured), which differ in the last bit for ~14% of pairs and would
+  move a row sitting exactly at 20x across the threshold. Both engines compute it explicitly as
+  ``0.5 * lo + 0.5 * hi`` of the sorted rates (``lo == hi`` for an odd count): the value of
+  ``median_fee_rate_sat_vb`` up to that last bit.
 - USD sums are NULL when every USD value is NULL (plain SQL ``sum``).
 
 The trailing 5-minute columns need ``TRAILING_MINUTES`` minutes of raw rows before ``start``;
@@ -43,6 +52,12 @@ from btc_anomaly_assets.lib.schema import (
 # Minutes before ``start`` whose raw rows the trailing 5-minute statistics need.
 TRAILING_MINUTES = 4
 FAN_THRESHOLD = 10
+# A fee rate this many times the minute's median makes a transaction a fee outlier. On the real
+# 13-14 Aug 2025 blocks 1-102 transactions per block (median 15) pay 20x their block's median;
+# the larger counts come from blocks whose median sits at the ~0.3 sat/vB floor. 20 rather than
+# 25+: 200 transactions paying 50x the median still count after they lift a 260-transaction
+# block's median 2.2-fold (at 25x they would not).
+FEE_OUTLIER_MULTIPLE = 20.0
 
 # Raw columns the aggregation reads.
 AGGREGATION_INPUT_COLUMNS = [
@@ -100,6 +115,18 @@ WITH src AS (
     FROM {{source}}
     WHERE minute >= $1 AND minute < $3
 ),
+sorted_fee_rates AS (
+    SELECT minute, list(fee_per_kwu / {FEE_PER_KWU_PER_SAT_VB} ORDER BY fee_per_kwu / {FEE_PER_KWU_PER_SAT_VB}) AS rates
+    FROM src
+    WHERE non_coinbase AND fee_per_kwu IS NOT NULL
+    GROUP BY minute
+),
+fee_medians AS (
+    -- The explicit median of the outlier rule (see the module docstring); lists are 1-based.
+    SELECT minute,
+           0.5::DOUBLE * rates[(len(rates) + 1) // 2] + 0.5::DOUBLE * rates[len(rates) // 2 + 1] AS fee_rate_median
+    FROM sorted_fee_rates
+),
 per_minute AS (
     SELECT
         minute,
@@ -121,23 +148,28 @@ per_minute AS (
         quantile_cont(fee_per_kwu / {FEE_PER_KWU_PER_SAT_VB}, 0.5) FILTER (WHERE non_coinbase) AS fee_rate_p50,
         quantile_cont(fee_per_kwu / {FEE_PER_KWU_PER_SAT_VB}, 0.9) FILTER (WHERE non_coinbase) AS fee_rate_p90,
         quantile_cont(fee_per_kwu / {FEE_PER_KWU_PER_SAT_VB}, 0.99) FILTER (WHERE non_coinbase) AS fee_rate_p99,
+        count(*) FILTER (
+            WHERE non_coinbase AND fee_rate_median > 0
+              AND fee_per_kwu / {FEE_PER_KWU_PER_SAT_VB} >= {FEE_OUTLIER_MULTIPLE}::DOUBLE * fee_rate_median
+        ) AS fee_outlier_tx_count,
         count(*) FILTER (WHERE non_coinbase AND input_count >= {FAN_THRESHOLD}) AS fan_in_10_count,
         count(*) FILTER (WHERE non_coinbase AND output_count >= {FAN_THRESHOLD}) AS fan_out_10_count,
         sum(output_total_usd) FILTER (WHERE non_coinbase) AS total_value_usd,
         sum(fee_usd) FILTER (WHERE non_coinbase) AS total_fee_usd
-    FROM src
+    FROM src LEFT JOIN fee_medians USING (minute)
     GROUP BY minute
 ),
 grid AS (
     SELECT range AS minute FROM range($1::TIMESTAMP, $3::TIMESTAMP, INTERVAL 1 MINUTE)
 ),
 filled AS (
-    SELECT g.minute, p.* EXCLUDE (minute, tx_count, n, ratio_n, fan_in_10_count, fan_out_10_count),
+    SELECT g.minute, p.* EXCLUDE (minute, tx_count, n, ratio_n, fan_in_10_count, fan_out_10_count, fee_outlier_tx_count),
            coalesce(p.tx_count, 0) AS tx_count,
            coalesce(p.n, 0) AS n,
            coalesce(p.ratio_n, 0) AS ratio_n,
            coalesce(p.fan_in_10_count, 0) AS fan_in_10_count,
-           coalesce(p.fan_out_10_count, 0) AS fan_out_10_count
+           coalesce(p.fan_out_10_count, 0) AS fan_out_10_count,
+           coalesce(p.fee_outlier_tx_count, 0) AS fee_outlier_tx_count
     FROM grid g LEFT JOIN per_minute p ON p.minute = g.minute
 ),
 windowed AS (
@@ -175,6 +207,7 @@ SELECT
     fee_rate_p50 AS median_fee_rate_sat_vb,
     fee_rate_p90 AS p90_fee_rate_sat_vb,
     fee_rate_p99 AS p99_fee_rate_sat_vb,
+    fee_outlier_tx_count,
     weight_sum / 4.0 / nullif(n, 0) AS mean_vsize_vb,
     weight_sum / 4.0 AS total_vsize_vb,
     fan_in_10_count,

@@ -20,13 +20,16 @@ Independently, ``similar_burst`` groups transactions that are structurally ident
 count, output count and output total (exact satoshi), i.e. one sender's bot or script.
 
 A cluster is the transactions of one minute with one shape (or one similar-burst signature). Its
-``score`` compares it with the pattern's *own* baseline: the median share of transactions with that
-shape in each past unit of the lookback (a block for time basis ``block``, a minute for
-``first_seen``; for a signature, which is absent from most blocks, the mean share). The expected
-number in this minute is that share times the minute's transactions (at least 1), and
-``score = members / expected``. Shares rather than counts because blocks range from ~200 to ~5,000
-transactions. Burst severity: 2.5 / 4 / 8 for low / medium / high once 4 past units exist; an
-ordinary block's dozens of batch payouts and consolidations score about 0.1-2.5 and stay ``info``.
+``score`` compares it with the pattern's *own* baseline over the past units of the lookback (a block
+for time basis ``block``, a minute for ``first_seen``): the pooled share of transactions with that
+shape (all past members over all past transactions; for a signature, which is absent from most
+blocks, the mean per-unit share) times the minute's transactions (at least 1) is the expected
+number, and ``score = members / expected``. Burst severity: 2.5 / 4 / 8 for low / medium / high
+once 4 past units exist; an ordinary block's dozens of batch payouts and consolidations score
+0.1-3.5 and stay below medium. A shape group is also at least medium when it holds
+``burst_count_ratio`` (8) times the usual number of members per unit (median count) and its
+score is at least low: blocks are full, so per-block counts matter as much as shares (see
+``ClusterConfig`` for the measurements behind both rules).
 
 The final severity is the larger of that burst severity and the pattern's label severity
 (``LabelSeverities``: who reads the output decides whether a CoinJoin is alerted; see there).
@@ -260,23 +263,58 @@ class _Burst:
     note: str
 
 
+@dataclass(frozen=True)
+class _History:
+    """A pattern's members and the transactions in each past unit of the lookback (aligned arrays)."""
+
+    counts: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def units(self) -> int:
+        return int(self.counts.size)
+
+    def pooled_share(self) -> float:
+        """All past members over all past transactions: big blocks weigh as much as they hold."""
+        return float(self.counts.sum() / self.sizes.sum())
+
+    def mean_share(self) -> float:
+        return float(np.mean(self.counts / self.sizes))
+
+
 def _burst(
-    members: int, minute_size: int, shares: np.ndarray, *, use_mean: bool, expected_floor: float, config: ClusterConfig
+    members: int,
+    minute_size: int,
+    minute_units: int,
+    history: _History,
+    *,
+    signature: bool,
+    expected_floor: float,
+    config: ClusterConfig,
 ) -> _Burst:
-    """Grade ``members`` against the expected count from past per-unit ``shares``."""
-    if shares.size == 0:
+    """Grade ``members`` of a minute with ``minute_size`` transactions in ``minute_units`` units
+    against the pattern's ``history`` (see ``ClusterConfig``: share score, and for shapes the count rule)."""
+    if history.units == 0:
         return _Burst(float("nan"), float("nan"), "info", "no past units to compare with")
-    share = float(np.mean(shares) if use_mean else np.median(shares))
+    share, statistic = (history.mean_share(), "mean") if signature else (history.pooled_share(), "pooled")
     expected = max(share * minute_size, expected_floor)
     score = members / expected
-    statistic = "mean" if use_mean else "median"
-    if shares.size < config.burst_warmup_units:
-        return _Burst(score, expected, "info", f"warm-up: {shares.size}/{config.burst_warmup_units} past units")
+    if history.units < config.burst_warmup_units:
+        return _Burst(score, expected, "info", f"warm-up: {history.units}/{config.burst_warmup_units} past units")
     if members < config.burst_min_members:
         note = f"{score:.1f}x the expected {expected:.1f}, but a burst needs {config.burst_min_members} members"
         return _Burst(score, expected, "info", note)
     severity = config.burst_thresholds.grade(score)
-    note = f"{score:.1f}x the expected {expected:.1f} ({statistic} share {share:.4f} over {shares.size} past units)"
+    note = f"{score:.1f}x the expected {expected:.1f} ({statistic} share {share:.4f} over {history.units} past units)"
+    if signature:
+        return _Burst(score, expected, severity, note)
+    usual = max(float(np.median(history.counts)) * minute_units, expected_floor)
+    count_ratio = members / usual
+    note += f"; {count_ratio:.1f}x the usual {usual:.1f} per {minute_units} unit(s) (median count)"
+    if count_ratio >= config.burst_count_ratio and severity == "low":
+        # The share is already unusual (low); this many per unit on top makes it a storm.
+        severity = "medium"
+        note += f", >= {config.burst_count_ratio:g}x the usual count with a share score >= {config.burst_thresholds.low:g}"
     return _Burst(score, expected, severity, note)
 
 
@@ -290,9 +328,7 @@ def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfi
     lookback_us = int(timedelta(minutes=config.lookback_minutes) / timedelta(microseconds=1))
     minutes_us = frame["minute"].to_numpy().astype("datetime64[us]").astype(np.int64)
     start_us = int(start.asm8.astype("datetime64[us]").astype(np.int64))
-    shape_unit_shares = {
-        pattern: _unit_counts(units, shapes == pattern) / units.unit_sizes for pattern in SHAPE_PATTERNS
-    }
+    shape_unit_counts = {pattern: _unit_counts(units, shapes == pattern) for pattern in SHAPE_PATTERNS}
     signatures = frame[list(SIGNATURE_COLUMNS)].to_numpy(dtype=np.int64)
 
     rows: list[dict] = []
@@ -300,6 +336,7 @@ def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfi
         in_minute = minutes_us == minute_us
         past = _past_units(units, int(minute_us), lookback_us)
         minute_size = int(in_minute.sum())
+        minute_units = int(np.unique(units.row_unit[in_minute]).size)
         for pattern in SHAPE_PATTERNS:
             selected = in_minute & (shapes == pattern)
             count = int(selected.sum())
@@ -308,8 +345,9 @@ def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfi
             burst = _burst(
                 count,
                 minute_size,
-                shape_unit_shares[pattern][past],
-                use_mean=False,
+                minute_units,
+                _History(shape_unit_counts[pattern][past], units.unit_sizes[past]),
+                signature=False,
                 expected_floor=config.burst_expected_floor,
                 config=config,
             )
@@ -359,9 +397,9 @@ def _similar_bursts(
     rows = []
     for signature, count in candidates.items():
         same = (signatures == np.asarray(signature, dtype=np.int64)).all(axis=1)
-        shares = (_unit_counts(units, same) / units.unit_sizes)[past]
+        history = _History(_unit_counts(units, same)[past], units.unit_sizes[past])
         burst = _burst(
-            int(count), minute_size, shares, use_mean=True, expected_floor=config.similar_expected_floor, config=config
+            int(count), minute_size, 1, history, signature=True, expected_floor=config.similar_expected_floor, config=config
         )
         inputs, outputs, total = signature
         note = f"identical structure: {inputs} inputs, {outputs} outputs, output_total {total} sat"

@@ -85,6 +85,10 @@ class MetricSpec:
     this needs only ``ratio_min_history`` past observations, so a huge outlier is seen during warm-up.
     ``ratio_denominator_floor``: the ratio's baseline is at least this (natural units), so a tiny
     previous block cannot make an ordinary one look like a 30x event.
+    ``counts_empty_minutes``: a minute without transactions is an observation of this metric (the
+    arrival count: zero arrivals is news). Otherwise such a minute is not scored for it
+    (``not_scored:no_transactions``): statistics are NULL there anyway, and a count of fee
+    outliers among no transactions says nothing and would only drag the baseline down.
     """
 
     column: str
@@ -97,6 +101,7 @@ class MetricSpec:
     ratio_rule: bool = False
     ratio_min_history: int = 1
     ratio_denominator_floor: float = 0.0
+    counts_empty_minutes: bool = False
 
     def __post_init__(self) -> None:
         if self.transform not in (TRANSFORM_LINEAR, TRANSFORM_LOG10):
@@ -124,7 +129,7 @@ class MetricSpec:
 DEFAULT_METRICS: tuple[MetricSpec, ...] = (
     # Counts are bounded by block space, so their spread is additive: linear scale.
     MetricSpec("tx_count", per_block=True, direction=DIRECTION_UP, first_seen_direction=DIRECTION_BOTH,
-               min_scale=1.0, relative_min_scale=0.1),
+               min_scale=1.0, relative_min_scale=0.1, counts_empty_minutes=True),
     MetricSpec("total_value_btc", transform=TRANSFORM_LOG10, per_block=True, min_scale=0.1,
                ratio_rule=True, ratio_min_history=3, ratio_denominator_floor=500.0),
     MetricSpec("max_value_btc", transform=TRANSFORM_LOG10, min_scale=0.1,
@@ -132,6 +137,13 @@ DEFAULT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("median_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1),
     MetricSpec("p90_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1),
     MetricSpec("p99_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1),
+    # Transactions paying >= 20x the minute's median fee rate, per block (see aggregates_sql). A
+    # percentile cannot see 200 such payers in a 5,000-transaction block (they are 4% of it, and
+    # p99 naturally ranges 9-91x the median); their count can. Linear: the count is 1-102 per real
+    # block and swings by tens between neighbours (blocks whose median sits at the ~0.3 sat/vB
+    # floor have 50-100), so the spread is at least 20. Measured on 13-14 Aug 2025: an ordinary
+    # block scores at most z 3.9 (low), +200 injected payers at least 5.8 (medium).
+    MetricSpec("fee_outlier_tx_count", per_block=True, min_scale=20.0),
 )
 
 
@@ -281,13 +293,28 @@ class ClusterConfig:
       line (inscription and token mints: the excerpt has groups of 100-200 identical 294/330/546-sat
       transactions in most blocks) is capped at this severity.
 
-    Burst rule (every pattern): the members in the minute are compared with the pattern's own
-    baseline, the median share of transactions that matched the pattern in each past unit (a block
-    for time basis ``block``, a minute for ``first_seen``) of the last ``lookback_minutes``. The
-    expected count is that share times the minute's transactions (at least ``burst_expected_floor``),
-    ``score = members / expected``, graded with ``burst_thresholds`` once ``burst_warmup_units``
-    past units exist. Share rather than count, because blocks range from 200 to 5,000 transactions.
-    On the 31 real blocks the natural score never exceeds ~2.5, so medium starts at 4.
+    Burst rule: the members in the minute are compared with the pattern's own history in the past
+    units (a block for time basis ``block``, a minute for ``first_seen``) of the last
+    ``lookback_minutes``, once ``burst_warmup_units`` past units exist.
+
+    - Share (``score``, graded with ``burst_thresholds``): for a shape pattern, the *pooled* share
+      of the past units (all their members over all their transactions) times the minute's
+      transactions (at least ``burst_expected_floor``) is the expected count, and
+      ``score = members / expected``. Pooled, not the median of per-unit shares: small blocks
+      mined minutes after their predecessor (260-620 transactions, 14-23 of them batch payouts)
+      made the median share 3-4x the share in a full block, which hid a 10-fold batch storm in 4
+      of 23 real blocks. For a similar-transaction signature, absent from most units, the mean
+      per-unit share. On the 31 real blocks the natural score reaches 3.5 (consolidations 3.0),
+      so medium starts at 4.
+    - Count (``burst_count_ratio``, shape patterns only): ``members / (median members per past
+      unit x units in the minute)``. Full blocks hold a bounded number of transactions, so batch
+      payouts per block do not follow the transaction count, and share alone cannot tell a
+      10-fold storm right after a busy block (909774: 220 batch payouts, 3.6x the pooled share)
+      from the real 225 that followed a 43-minute gap (909779: 3.5x). Their counts can: 10x the
+      usual 22 per block, against at most 6.25x in the real blocks (3.8x for consolidations). At
+      ``burst_count_ratio`` (8) times the usual count a group is at least medium, provided its
+      share score is at least low: when all traffic surges, counts rise but shares do not, and
+      that is a transaction-count anomaly, not a storm of one shape.
     """
 
     mode: str = MODE_DEFAULT
@@ -308,6 +335,7 @@ class ClusterConfig:
     dust_valued_burst_cap: str = "low"
     burst_warmup_units: int = 4
     burst_thresholds: SeverityThresholds = field(default_factory=lambda: SeverityThresholds(2.5, 4.0, 8.0))
+    burst_count_ratio: float = 8.0
     seed_min_io: int = 10
     seed_min_flagged: int = 2
     seed_flag_severity: str = "medium"
@@ -327,6 +355,8 @@ class ClusterConfig:
             raise ValueError(f"ClusterConfig.coinjoin_output_input_ratio must bracket 1, got {self.coinjoin_output_input_ratio}")
         if self.burst_min_members < 1 or self.burst_expected_floor <= 0 or self.burst_warmup_units < 1:
             raise ValueError("ClusterConfig: burst_min_members >= 1, burst_expected_floor > 0, burst_warmup_units >= 1")
+        if self.burst_count_ratio <= 0:
+            raise ValueError("ClusterConfig.burst_count_ratio must be > 0")
         if self.dust_min_outputs < 1 or self.dust_mass_outputs < self.dust_min_outputs:
             raise ValueError("ClusterConfig: need 1 <= dust_min_outputs <= dust_mass_outputs")
 

@@ -69,6 +69,7 @@ PATTERN_DESCRIPTIONS = {
 
 _COUNT_UNITS = {
     "tx_count": "transactions",
+    "fee_outlier_tx_count": "transactions",
     "tx_count_5min": "transactions",
     "block_count": "blocks",
     "fan_in_10_count": "transactions",
@@ -84,7 +85,7 @@ _METRIC_DESCRIPTIONS = {c.name: c.description for c in MINUTE_AGGREGATE_COLUMNS}
 # The EWMA detector names a metric scored on log10 ``log10_<column>`` (all numbers of that row are
 # log10 units), and under block time divides these additive metrics by the minute's block count.
 LOG10_PREFIX = "log10_"
-PER_BLOCK_METRICS = frozenset({"tx_count", "total_value_btc"})
+PER_BLOCK_METRICS = frozenset({"tx_count", "total_value_btc", "fee_outlier_tx_count"})
 
 
 class EvidenceError(ValueError):

@@ -32,7 +32,10 @@ per metric (``MetricSpec.min_scale``), so z is always finite.
 
 Amounts and fee rates are multiplicative and heavy-tailed, so they are scored on log10 (metrics
 ``log10_total_value_btc``, ``log10_max_value_btc``, ``log10_*_fee_rate_sat_vb``; all columns of
-those rows are in log10 units). The transaction count is scored linearly.
+those rows are in log10 units). The counts are scored linearly: ``tx_count`` and
+``fee_outlier_tx_count`` (transactions paying >= 20x the minute's median fee rate; per block under
+block time), which finds a few hundred over-paying transactions in a large block where the fee-rate
+percentiles cannot.
 
 Severity (the larger of two rules, the ``rule`` column says which fired):
 
@@ -221,8 +224,11 @@ def robust_ewma_baseline(
 
 
 def _metric_values(frame: pd.DataFrame, spec: MetricSpec, basis: str | None) -> np.ndarray:
-    """Observed values of ``spec`` per row in natural units (per block where that applies)."""
+    """Observed values of ``spec`` per row in natural units (per block where that applies); NaN in
+    a minute without transactions unless the metric ``counts_empty_minutes``."""
     values = pd.to_numeric(frame[spec.column], errors="coerce").to_numpy(dtype=float)
+    if not spec.counts_empty_minutes:
+        values = np.where(frame["tx_count"].to_numpy() > 0, values, np.nan)
     if spec.per_block and basis == TIME_BASIS_BLOCK:
         blocks = frame["block_count"].to_numpy(dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):

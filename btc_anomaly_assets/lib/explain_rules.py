@@ -70,7 +70,7 @@ FEE_METRICS = {
     "avg_fee_to_value_ratio",
     "avg_fee_to_value_ratio_5min",
 }
-OUTLIER_FEE_METRICS = {"p99_fee_rate_sat_vb", "total_fee_btc", "total_fee_usd", "avg_fee_sat", "avg_fee_sat_5min"}
+OUTLIER_FEE_METRICS = {"fee_outlier_tx_count", "p99_fee_rate_sat_vb", "total_fee_btc", "total_fee_usd", "avg_fee_sat", "avg_fee_sat_5min"}
 COUNT_METRICS = {"tx_count", "tx_count_5min", "block_count"}
 FAN_IN_METRICS = {"fan_in_10_count", "avg_input_count", "avg_input_count_5min"}
 FAN_OUT_METRICS = {"fan_out_10_count", "avg_output_count", "avg_output_count_5min"}

@@ -125,6 +125,12 @@ MINUTE_AGGREGATE_COLUMNS: list[Column] = [
     Column("median_fee_rate_sat_vb", pa.float64(), "Median fee rate, sat/vB (fee_per_kwu / 250)"),
     Column("p90_fee_rate_sat_vb", pa.float64(), "90th percentile fee rate, sat/vB"),
     Column("p99_fee_rate_sat_vb", pa.float64(), "99th percentile fee rate, sat/vB"),
+    Column(
+        "fee_outlier_tx_count",
+        pa.int64(),
+        "Non-coinbase transactions paying >= 20x the minute's median fee rate (FEE_OUTLIER_MULTIPLE in "
+        "aggregates_sql; 0 when the median is 0 or the minute has no non-coinbase rows)",
+    ),
     Column("mean_vsize_vb", pa.float64(), "Mean virtual size, vB (weight / 4)"),
     Column("total_vsize_vb", pa.float64(), "Sum of virtual sizes, vB"),
     Column("fan_in_10_count", pa.int64(), "Transactions with >= 10 inputs"),
@@ -142,7 +148,14 @@ MINUTE_AGGREGATE_COLUMNS: list[Column] = [
 EWMA_ANOMALY_COLUMNS: list[Column] = [
     Column("anomaly_id", pa.string(), "Stable id: sha1 of (mode, metric, minute); the same row always gets the same id"),
     Column("minute", pa.timestamp("us"), "Start of the UTC minute (partition column)"),
-    Column("metric", pa.string(), "What was scored, e.g. tx_count, total_value_btc, max_value_btc, median_fee_rate_sat_vb"),
+    Column(
+        "metric",
+        pa.string(),
+        "What was scored: a MINUTE_AGGREGATE_COLUMNS column, named `log10_<column>` when scored on log10 "
+        "(tx_count, fee_outlier_tx_count, log10_total_value_btc, log10_max_value_btc, "
+        "log10_median/p90/p99_fee_rate_sat_vb; tx_count, fee_outlier_tx_count and total value are "
+        "per block under time basis `block`)",
+    ),
     Column("value", pa.float64(), "Observed value of the metric in this minute (unit in the metric name)"),
     Column("baseline", pa.float64(), "EWMA baseline the value was compared with (same unit)"),
     Column("deviation", pa.float64(), "value - baseline (same unit)"),

@@ -25,6 +25,7 @@ import pandas as pd
 
 from btc_anomaly_assets.lib.aggregates_sql import (
     FAN_THRESHOLD,
+    FEE_OUTLIER_MULTIPLE,
     TRAILING_MINUTES,
     AggregationError,
     check_single_time_basis,
@@ -72,7 +73,7 @@ def aggregate_minutes_spark(spark, raw_path: str, start: datetime, end: datetime
     )
     per_minute = _per_minute_partials(F, raw)
     grid = spark.range(n_minutes).select(F.timestamp_add("MINUTE", F.col("id"), _ntz(F, lookback_start)).alias("minute"))
-    zero_filled = ["tx_count", "n", "ratio_n", "fan_in_10_count", "fan_out_10_count"]
+    zero_filled = ["tx_count", "n", "ratio_n", "fan_in_10_count", "fan_out_10_count", "fee_outlier_tx_count"]
     filled = grid.join(per_minute, on="minute", how="left").fillna(0, subset=zero_filled)
 
     # The grid has every minute, so 4 preceding rows are exactly the 4 preceding minutes.
@@ -189,7 +190,7 @@ def _per_minute_partials(F, raw):
         return F.when(non_coinbase, column)
 
     fee_rate = F.col("fee_per_kwu") / F.lit(FEE_PER_KWU_PER_SAT_VB)
-    return raw.groupBy("minute").agg(
+    partials = raw.groupBy("minute").agg(
         F.min("time_basis").alias("time_basis"),
         F.max("time_basis").alias("time_basis_max"),
         F.count(F.lit(1)).alias("tx_count"),
@@ -206,11 +207,32 @@ def _per_minute_partials(F, raw):
         F.max(nc(F.col("output_total"))).alias("value_max"),
         F.percentile(nc(F.col("output_total")), 0.5).alias("value_median"),
         F.percentile(nc(fee_rate), _FEE_RATE_PERCENTILES).alias("fee_rates"),
+        F.array_sort(F.collect_list(nc(fee_rate))).alias("sorted_fee_rates"),
         F.count(F.when(non_coinbase & (F.col("input_count") >= FAN_THRESHOLD), F.lit(1))).alias("fan_in_10_count"),
         F.count(F.when(non_coinbase & (F.col("output_count") >= FAN_THRESHOLD), F.lit(1))).alias("fan_out_10_count"),
         F.sum(nc(F.col("output_total_usd"))).alias("total_value_usd"),
         F.sum(nc(F.col("fee_usd"))).alias("total_fee_usd"),
     )
+    outliers = _fee_outlier_count(F, F.col("sorted_fee_rates"))
+    return partials.withColumn("fee_outlier_tx_count", outliers).drop("sorted_fee_rates")
+
+
+def _fee_outlier_count(F, sorted_rates):
+    """Rates in ``sorted_rates`` (ascending, non-coinbase) that are >= FEE_OUTLIER_MULTIPLE x their median.
+
+    The median is ``0.5 * lo + 0.5 * hi`` of the two middle values, written out exactly as in the
+    DuckDB reference rather than taken from ``percentile`` (which computes ``lo + (hi - lo) * 0.5``
+    and can differ in the last bit), so the count is identical (see ``aggregates_sql``).
+    0 when there is no rate or the median is not > 0.
+    """
+    n = F.size(sorted_rates)
+    # 1-based positions of the middle values; max(.., 1) keeps an empty array at a valid index.
+    lo = F.try_element_at(sorted_rates, F.greatest(F.floor((n + F.lit(1)) / F.lit(2)), F.lit(1)).cast("int"))
+    hi = F.try_element_at(sorted_rates, F.greatest(F.floor(n / F.lit(2)) + F.lit(1), F.lit(1)).cast("int"))
+    median = F.lit(0.5) * lo + F.lit(0.5) * hi
+    threshold = F.lit(FEE_OUTLIER_MULTIPLE) * median
+    above = F.size(F.filter(sorted_rates, lambda rate: rate >= threshold))
+    return F.when(median > F.lit(0.0), above).otherwise(F.lit(0)).cast("bigint")
 
 
 def _output_columns(F):
@@ -238,6 +260,7 @@ def _output_columns(F):
         "median_fee_rate_sat_vb": F.col("fee_rates").getItem(0),
         "p90_fee_rate_sat_vb": F.col("fee_rates").getItem(1),
         "p99_fee_rate_sat_vb": F.col("fee_rates").getItem(2),
+        "fee_outlier_tx_count": F.col("fee_outlier_tx_count"),
         "mean_vsize_vb": F.try_divide(F.col("weight_sum") / F.lit(4.0), F.col("n")),
         "total_vsize_vb": F.col("weight_sum") / F.lit(4.0),
         "fan_in_10_count": F.col("fan_in_10_count"),

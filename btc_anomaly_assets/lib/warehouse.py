@@ -87,7 +87,7 @@ class Warehouse:
 
     def ensure_table(self, table: str, columns: Sequence[Column]) -> None:
         with self.connect() as con:
-            con.execute(create_table_sql(table, columns))
+            ensure_table_columns(con, table, columns)
 
     def replace_window(
         self,
@@ -127,7 +127,7 @@ class Warehouse:
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(create_table_sql(table, columns))
+                ensure_table_columns(con, table, columns)
                 con.register("incoming_rows", arrow)
                 con.execute(delete_sql, params)
                 con.execute(f"INSERT INTO {SCHEMA}.{table} ({names}) SELECT {names} FROM incoming_rows")
@@ -144,7 +144,7 @@ class Warehouse:
         """Rows of ``[start, end)`` ordered by time (an absent table reads as empty)."""
         names = ", ".join(f'"{n}"' for n in column_names(list(columns)))
         with self.connect() as con:
-            con.execute(create_table_sql(table, columns))
+            ensure_table_columns(con, table, columns)
             return con.execute(
                 f'SELECT {names} FROM {SCHEMA}.{table} WHERE "{time_column}" >= ? AND "{time_column}" < ? ORDER BY "{time_column}"',
                 [_naive(start), _naive(end)],
@@ -161,6 +161,16 @@ class Warehouse:
                     "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [SCHEMA, table]
                 ).fetchone()[0]
             )
+
+
+def ensure_table_columns(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[Column]) -> None:
+    """Create the table if missing, and add columns a newer contract has (an upgrade keeps old rows, NULL there)."""
+    con.execute(create_table_sql(table, columns))
+    present = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?", [SCHEMA, table]).fetchall()}
+    for column in columns:
+        if column.name not in present:
+            con.execute(f'ALTER TABLE {SCHEMA}.{table} ADD COLUMN "{column.name}" {column.duckdb_type}')
 
 
 def to_arrow(frame: pd.DataFrame, columns: Sequence[Column], *, where: str) -> pa.Table:
