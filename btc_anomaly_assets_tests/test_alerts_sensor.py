@@ -17,7 +17,7 @@ from btc_anomaly_assets.defs.alerts.anomaly_alerts import (
     send_anomaly_alert,
 )
 from btc_anomaly_assets.defs.common import EWMA_ANOMALIES
-from btc_anomaly_assets.lib.schema import ALERT_COLUMNS, EWMA_ANOMALY_COLUMNS, column_names
+from btc_anomaly_assets.lib.schema import EWMA_ANOMALY_COLUMNS, column_names
 from btc_anomaly_assets.lib.slack_delivery import read_outbox
 from btc_anomaly_assets.lib.warehouse import Warehouse
 from btc_anomaly_assets.partitions import minute_partitions

@@ -1,10 +1,9 @@
 """btc/anomaly_explanations as Dagster runs it, against the loopback Anthropic API."""
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
-import pandas as pd
 import pytest
 
 from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations

@@ -6,11 +6,10 @@ import shutil
 from datetime import datetime
 
 import dagster as dg
-import pytest
 
 from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
 from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
-from btc_anomaly_assets.lib.lake import raw_path, read_raw_window
+from btc_anomaly_assets.lib.lake import read_raw_window
 from btc_anomaly_assets.resources.sources import TransactionSource
 from btc_anomaly_assets.resources.spark import build_pyspark_resource
 from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource

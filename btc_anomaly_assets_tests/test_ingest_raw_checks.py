@@ -1,6 +1,6 @@
 """The raw-layer gates each catch their own kind of bad row and name it."""
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pandas as pd
 

@@ -35,13 +35,14 @@ is returned.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from btc_anomaly_assets.lib.windows import minute_window
 from btc_anomaly_assets.lib.schema import (
     FEE_PER_KWU_PER_SAT_VB,
     MINUTE_AGGREGATE_COLUMNS,
@@ -83,27 +84,10 @@ class AggregationError(ValueError):
     """Input that cannot be aggregated; the message names the window, column or minute."""
 
 
-def as_naive_utc_minute(value: datetime, what: str) -> datetime:
-    """``value`` as a naive-UTC ``datetime``; tz-aware values are converted, naive ones taken as UTC.
-
-    Raises ``AggregationError`` unless it is a whole minute, because partitions are minutes and a
-    sub-minute bound would silently drop or duplicate part of a minute.
-    """
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert(timezone.utc).tz_localize(None)
-    if ts != ts.floor("min"):
-        raise AggregationError(f"{what}={value!s} is not a whole minute")
-    return ts.to_pydatetime()
-
-
 def validate_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """Normalised ``(start, end)``; raises ``AggregationError`` for an empty or reversed window."""
-    start_n = as_naive_utc_minute(start, "start")
-    end_n = as_naive_utc_minute(end, "end")
-    if end_n <= start_n:
-        raise AggregationError(f"empty aggregation window [{start_n}, {end_n}): end must be after start")
-    return start_n, end_n
+    start_ts, end_ts = minute_window(start, end, AggregationError)
+    return start_ts.to_pydatetime(), end_ts.to_pydatetime()
 
 
 # The aggregation, written once as SQL with {source} standing for the raw rows. $1 = first minute

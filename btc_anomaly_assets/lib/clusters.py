@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,7 @@ from btc_anomaly_assets.lib.detection_config import (
     ClusterConfig,
     max_severity,
 )
+from btc_anomaly_assets.lib.windows import minute_window
 from btc_anomaly_assets.lib.schema import (
     COORDINATED_CLUSTER_COLUMNS,
     SATOSHI_PER_BTC,
@@ -163,7 +164,7 @@ def detect_coordinated_clusters(
     for a bad window, missing columns or rows that mix time bases.
     """
     config = config or DEFAULT_CLUSTER_CONFIG
-    start, end = _window(start, end)
+    start, end = minute_window(start, end, ClusterInputError)
     frame = _prepare(raw, end)
     if config.mode == MODE_SEED_PARITY:
         rows = _seed_rows(frame, start, end, config)
@@ -173,22 +174,6 @@ def detect_coordinated_clusters(
 
 
 # --- input handling -------------------------------------------------------------------------
-
-
-def _naive_minute(value: datetime, what: str) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert(timezone.utc).tz_localize(None)
-    if ts != ts.floor("min"):
-        raise ClusterInputError(f"{what}={value!s} is not a whole minute")
-    return ts.as_unit("us")
-
-
-def _window(start: datetime, end: datetime) -> tuple[pd.Timestamp, pd.Timestamp]:
-    start_ts, end_ts = _naive_minute(start, "start"), _naive_minute(end, "end")
-    if end_ts <= start_ts:
-        raise ClusterInputError(f"empty window [{start_ts}, {end_ts}): end must be after start")
-    return start_ts, end_ts
 
 
 def _prepare(raw: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:

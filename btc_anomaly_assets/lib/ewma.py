@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,7 @@ from btc_anomaly_assets.lib.detection_config import (
     MetricSpec,
     max_severity,
 )
+from btc_anomaly_assets.lib.windows import minute_window
 from btc_anomaly_assets.lib.schema import (
     EWMA_ANOMALY_COLUMNS,
     TIME_BASIS_BLOCK,
@@ -113,7 +114,7 @@ def detect_ewma_anomalies(
     mixes time bases.
     """
     config = config or DEFAULT_EWMA_CONFIG
-    start, end = _window(start, end)
+    start, end = minute_window(start, end, EwmaInputError)
     frame = _prepare(minute_aggregates, config, end)
     minutes = pd.date_range(start, end, freq="min", inclusive="left").as_unit("us")
     if config.mode == MODE_SEED_PARITY:
@@ -124,22 +125,6 @@ def detect_ewma_anomalies(
 
 
 # --- input handling -------------------------------------------------------------------------
-
-
-def _naive_minute(value: datetime, what: str) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert(timezone.utc).tz_localize(None)
-    if ts != ts.floor("min"):
-        raise EwmaInputError(f"{what}={value!s} is not a whole minute")
-    return ts.as_unit("us")
-
-
-def _window(start: datetime, end: datetime) -> tuple[pd.Timestamp, pd.Timestamp]:
-    start_ts, end_ts = _naive_minute(start, "start"), _naive_minute(end, "end")
-    if end_ts <= start_ts:
-        raise EwmaInputError(f"empty window [{start_ts}, {end_ts}): end must be after start")
-    return start_ts, end_ts
 
 
 def _prepare(frame: pd.DataFrame, config: EwmaConfig, end: pd.Timestamp) -> pd.DataFrame:

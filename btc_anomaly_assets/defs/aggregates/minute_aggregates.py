@@ -1,7 +1,5 @@
 """btc/minute_aggregates: one row per minute, computed by Spark straight from the Parquet lake."""
 
-from datetime import timedelta
-
 import dagster as dg
 
 from btc_anomaly_assets.defs.common import (
