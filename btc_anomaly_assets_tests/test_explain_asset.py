@@ -10,6 +10,7 @@ from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explana
 from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
 from btc_anomaly_assets.lib.clusters import detect_coordinated_clusters
 from btc_anomaly_assets.lib.ewma import detect_ewma_anomalies
+from btc_anomaly_assets.lib.lake import write_raw_window
 from btc_anomaly_assets.lib.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, MINUTE_AGGREGATE_COLUMNS
 from btc_anomaly_assets.lib.warehouse import Warehouse
 from btc_anomaly_assets.resources.claude import ExplainerResource
@@ -39,9 +40,11 @@ def detected(tmp_path_factory):
 def _resources(tmp_path, template, server, **explainer):
     path = tmp_path / "w.duckdb"
     path.write_bytes(open(template, "rb").read())
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    write_raw_window(lake.raw_transactions_path, raw_in(real_raw(), START, END), START, END)
     return {
         "warehouse": WarehouseResource(path=str(path)),
-        "lake": LakeResource(url=str(tmp_path / "lake")),
+        "lake": lake,
         "explainer": ExplainerResource(api_key=FAKE_API_KEY, base_url=server.url, **explainer),
     }
 
@@ -71,6 +74,8 @@ def test_every_flagged_item_gets_one_claude_explanation_and_a_rerun_makes_no_cal
 
     prompt = str(fake.message_bodies[0])
     assert "BTC" in prompt and "sat/vB" in prompt and "block" in prompt
+    # The 19,600 BTC whale's own hash is cited as a sample (taken from the raw lake).
+    assert any("2d9ab70a" in str(body) for body in fake.message_bodies)
 
     check = next(e.event_specific_data for e in second.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
     assert check.passed and check.metadata["explained_ok"].value == len(flagged)

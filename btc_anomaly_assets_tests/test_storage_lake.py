@@ -74,3 +74,15 @@ def test_a_frame_with_a_wrong_type_is_refused_with_the_reason(tmp_path):
     frame["fee"] = ["lots"]
     with pytest.raises(LakeError, match="raw schema"):
         write_raw_window(raw_path(str(tmp_path)), frame, T0, T0 + timedelta(hours=1))
+
+
+def test_largest_transactions_per_minute(tmp_path):
+    from btc_anomaly_assets.lib.lake import largest_transactions
+
+    path = raw_path(str(tmp_path))
+    frame = _rows([3, 3, 3, 70])
+    frame["output_total"] = [5, 9, 7, 1]
+    write_raw_window(path, frame, T0, T0 + timedelta(hours=2))
+    top = largest_transactions(path, [T0 + timedelta(minutes=3), T0 + timedelta(minutes=70), T0 + timedelta(minutes=9)], 2)
+    assert top == {T0 + timedelta(minutes=3): [frame.loc[1, "hash"], frame.loc[2, "hash"]],
+                   T0 + timedelta(minutes=70): [frame.loc[3, "hash"]]}

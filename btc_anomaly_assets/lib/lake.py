@@ -154,3 +154,31 @@ def read_raw_window(dataset_path: str, start: datetime, end: datetime) -> pd.Dat
         filter=(pc.field("minute") >= pa.scalar(start, pa.timestamp("us"))) & (pc.field("minute") < pa.scalar(end, pa.timestamp("us")))
     )
     return table.to_pandas()
+
+
+def largest_transactions(dataset_path: str, minutes: list[datetime], per_minute: int) -> dict[datetime, list[str]]:
+    """The ``per_minute`` largest transactions (by output_total) of each given minute: one DuckDB query
+    over just the hour files those minutes fall in."""
+    minutes = sorted({_naive(m) for m in minutes})
+    if not minutes:
+        return {}
+    fs, root = _filesystem(dataset_path)
+    hours = sorted({m.replace(minute=0, second=0, microsecond=0) for m in minutes})
+    files = [p for p in (hour_file(root, h) for h in hours) if "://" in p or fs.get_file_info(p).type != pafs.FileType.NotFound]
+    if not files:
+        return {}
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            "SELECT minute, hash FROM (SELECT minute, hash, row_number() OVER (PARTITION BY minute ORDER BY output_total DESC, hash) AS rank "
+            "FROM read_parquet(?) WHERE list_contains(?::TIMESTAMP[], minute)) WHERE rank <= ? ORDER BY minute, rank",
+            [files, minutes, per_minute],
+        ).fetchall()
+    finally:
+        con.close()
+    found: dict[datetime, list[str]] = {}
+    for minute, tx_hash in rows:
+        found.setdefault(minute, []).append(tx_hash)
+    return found

@@ -1,6 +1,6 @@
 """btc/anomaly_explanations: one structured forensic explanation per flagged anomaly or cluster."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import dagster as dg
 import pandas as pd
@@ -16,7 +16,7 @@ from btc_anomaly_assets.defs.common import (
     window_of,
 )
 from btc_anomaly_assets.lib.explain_prompt import ANOMALY_EXPLANATION_COLUMNS
-from btc_anomaly_assets.lib.lake import read_raw_window
+from btc_anomaly_assets.lib.lake import largest_transactions
 from btc_anomaly_assets.lib.schema import (
     COORDINATED_CLUSTER_COLUMNS,
     EWMA_ANOMALY_COLUMNS,
@@ -155,13 +155,9 @@ def anomaly_explanations(context: dg.AssetExecutionContext, explainer: Explainer
 def _sample_hashes(lake: LakeResource, ewma: pd.DataFrame, minimum: str):
     """The largest transactions of each flagged minute, so the prompt can cite real hashes."""
     keep = set(SEVERITIES[severity_rank(minimum):])
-    minutes = sorted(set(ewma.loc[ewma["severity"].isin(keep), "minute"]))
-    by_minute: dict[pd.Timestamp, list[str]] = {}
-    for minute in minutes:
-        raw = read_raw_window(lake.raw_transactions_path, minute, minute + timedelta(minutes=1))
-        top = raw.sort_values("output_total", ascending=False).head(SAMPLE_HASHES_PER_MINUTE)
-        by_minute[pd.Timestamp(minute)] = top["hash"].tolist()
-    return lambda row: by_minute.get(pd.Timestamp(row["minute"]), [])
+    minutes = [m.to_pydatetime() for m in ewma.loc[ewma["severity"].isin(keep), "minute"]]
+    by_minute = largest_transactions(lake.raw_transactions_path, minutes, SAMPLE_HASHES_PER_MINUTE)
+    return lambda row: by_minute.get(pd.Timestamp(row["minute"]).to_pydatetime(), [])
 
 
 def _flush(wh, columns, buffer: list[dict]) -> list[dict]:
