@@ -144,3 +144,16 @@ def test_sensor_definition_runs_against_a_real_instance(setup):
     result = anomaly_alert_sensor(context)
     assert [r.run_key for r in result.run_requests] == ["alert:id-000"]
     assert '"ewma_anomalies"' in result.cursor
+
+
+def test_a_backfill_over_an_already_alerted_minute_leaves_it_out_of_the_digest(setup):
+    instance, warehouse, alerts, wh = setup
+    _materialize(instance, 0, 0)
+    _, cursor = _tick(instance, None, warehouse, alerts)
+    _materialize(instance, 0, 9)
+    _tick(instance, cursor, warehouse, alerts)
+    sent = wh.query(f"SELECT kind, item_ids FROM btc.{ALERTS_TABLE} WHERE status = 'sent' ORDER BY kind")
+    assert sent["kind"].tolist() == ["digest", "single"]
+    digest_items = list(sent["item_ids"].iloc[0])
+    assert "id-000" not in digest_items and len(digest_items) == 9
+    assert "9 alert" in read_outbox(alerts.outbox_path)[1]["payload"]["text"]

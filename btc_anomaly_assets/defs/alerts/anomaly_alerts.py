@@ -138,14 +138,14 @@ def deliver_alert(context: dg.OpExecutionContext, config: AlertRunConfig, wareho
     attempts_before = int(record["attempts"].iloc[0]) if not record.empty else 0
     created_at = record["created_at"].iloc[0] if not record.empty else _now()
     if not pending:
-        _record(wh, config, "skipped", "-", attempts_before, "every item was already delivered in another alert", "", "{}",
+        _record(wh, config, [], "skipped", "-", attempts_before, "every item was already delivered in another alert", "", "{}",
                 created_at, None)
         context.log.info(f"alert {config.alert_id}: every item was already delivered; skipped")
         return
     message = build_alert_message(wh, config.kind, config.asset, pending, ui_base_url=alerts.ui_base_url,
                                   min_severity=alerts.min_severity)
     result = alerts.get_destination().deliver(message)
-    _record(wh, config, result.status, result.destination, attempts_before + result.attempts, result.error or "",
+    _record(wh, config, pending, result.status, result.destination, attempts_before + result.attempts, result.error or "",
             message.text, json.dumps(message.payload()), created_at, result.sent_at)
     if result.ok:
         context.log.info(f"alert {config.alert_id} ({config.kind}, {len(pending)} item(s)) delivered to {result.destination}")
@@ -162,9 +162,12 @@ def _not_yet_delivered(wh, item_ids: list[str]) -> list[str]:
     return [i for i in item_ids if i not in done]
 
 
-def _record(wh, config: AlertRunConfig, status, destination, attempts, error, text, payload, created_at, sent_at) -> None:
+def _record(wh, config: AlertRunConfig, item_ids: list[str], status, destination, attempts, error, text, payload, created_at,
+            sent_at) -> None:
+    """The delivery record of this alert; ``item_ids`` are the items this message covers (not those
+    already delivered by another alert), so "each item sent once" can be read off the table."""
     row = pd.DataFrame([{
-        "alert_id": config.alert_id, "kind": config.kind, "asset": config.asset, "item_ids": list(config.item_ids),
+        "alert_id": config.alert_id, "kind": config.kind, "asset": config.asset, "item_ids": list(item_ids),
         "status": status, "destination": destination, "attempts": attempts, "error": error, "text": text,
         "payload_json": payload, "created_at": pd.Timestamp(created_at), "sent_at": pd.Timestamp(sent_at) if sent_at else pd.NaT,
     }])
