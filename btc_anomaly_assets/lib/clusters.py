@@ -85,7 +85,7 @@ CLUSTER_OUTPUT_NAMES = column_names(COORDINATED_CLUSTER_COLUMNS)
 SHAPE_PATTERNS = (PATTERN_COINJOIN, PATTERN_DUST_FANOUT, PATTERN_FAN_IN, PATTERN_FAN_OUT)
 SIGNATURE_COLUMNS = ("input_count", "output_count", "output_total")
 
-_REQUIRED_RAW_COLUMNS = (
+CLUSTER_INPUT_COLUMNS = (
     "hash",
     "minute",
     "time_basis",
@@ -179,7 +179,7 @@ def detect_coordinated_clusters(
 def _prepare(raw: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
     if not isinstance(raw, pd.DataFrame):
         raise ClusterInputError(f"raw must be a pandas DataFrame, got {type(raw).__name__}")
-    missing = [c for c in _REQUIRED_RAW_COLUMNS if c not in raw.columns]
+    missing = [c for c in CLUSTER_INPUT_COLUMNS if c not in raw.columns]
     if missing:
         raise ClusterInputError(f"raw transactions are missing columns {missing}")
     minute = pd.to_datetime(raw["minute"])

@@ -142,15 +142,17 @@ def _replace_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
     fs.move(tmp, path)  # atomic on a local filesystem: readers see the old or the new file
 
 
-def read_raw_window(dataset_path: str, start: datetime, end: datetime) -> pd.DataFrame:
-    """Rows of ``[start, end)``, reading only the hour files that overlap it."""
+def read_raw_window(dataset_path: str, start: datetime, end: datetime, columns: list[str] | None = None) -> pd.DataFrame:
+    """Rows of ``[start, end)`` (only ``columns`` if given), reading only the hour files that overlap it."""
     start, end = _naive(start), _naive(end)
     fs, root = _filesystem(dataset_path)
     paths = [p for p in (hour_file(root, h) for h in hour_starts(start, end)) if fs.get_file_info(p).type != pafs.FileType.NotFound]
     if not paths:
-        return RAW_SCHEMA.empty_table().to_pandas()
+        empty = RAW_SCHEMA.empty_table()
+        return (empty.select(columns) if columns else empty).to_pandas()
     dataset = ds.dataset(paths, schema=RAW_SCHEMA, format="parquet", filesystem=fs)
     table = dataset.to_table(
+        columns=columns,
         filter=(pc.field("minute") >= pa.scalar(start, pa.timestamp("us"))) & (pc.field("minute") < pa.scalar(end, pa.timestamp("us")))
     )
     return table.to_pandas()

@@ -17,7 +17,7 @@ from btc_anomaly_assets.defs.common import (
     markdown_preview,
     window_of,
 )
-from btc_anomaly_assets.lib.clusters import CLUSTER_LOOKBACK_MINUTES, detect_coordinated_clusters
+from btc_anomaly_assets.lib.clusters import CLUSTER_INPUT_COLUMNS, CLUSTER_LOOKBACK_MINUTES, detect_coordinated_clusters
 from btc_anomaly_assets.lib.ewma import EWMA_LOOKBACK_MINUTES, detect_ewma_anomalies
 from btc_anomaly_assets.lib.lake import read_raw_window
 from btc_anomaly_assets.lib.schema import (
@@ -124,7 +124,8 @@ def coordinated_clusters(context: dg.AssetExecutionContext, detection: Detection
     graded by the configured preset. Reads the raw lake with the lookback the baselines need.
     """
     start, end = window_of(context)
-    raw = read_raw_window(lake.raw_transactions_path, start - timedelta(minutes=CLUSTER_LOOKBACK_MINUTES), end)
+    raw = read_raw_window(lake.raw_transactions_path, start - timedelta(minutes=CLUSTER_LOOKBACK_MINUTES), end,
+                          columns=list(CLUSTER_INPUT_COLUMNS))
     clusters = detect_coordinated_clusters(raw, start, end, detection.cluster_config())
     wh = warehouse.get()
     wh.replace_window("coordinated_clusters", COORDINATED_CLUSTER_COLUMNS, clusters, start, end)

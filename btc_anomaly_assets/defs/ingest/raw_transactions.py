@@ -38,6 +38,7 @@ def raw_transactions(context: dg.AssetExecutionContext, source: TransactionSourc
     start, end = window_of(context)
     batch = source.fetch(start, end, context.log)
     write_raw_window(lake.raw_transactions_path, batch.frame, start, end)
+    batch.frame = None  # the checks judge what the lake now holds; do not keep two copies of a day in memory
     stored = read_raw_window(lake.raw_transactions_path, start, end)
     verdicts = evaluate_raw_checks(stored, start, end, batch.reported_rows)
     bases = sorted(stored["time_basis"].dropna().unique().tolist())
