@@ -69,7 +69,7 @@ def run_range(start_key: str, end_key: str) -> int:
         instance=dg.DagsterInstance.get(),
         tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key},
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": os.environ.get("BTC_LOG_LEVEL", "WARNING")}}}},
+        run_config=_quiet_logs(),
     )
     elapsed = time.monotonic() - began
     if result.success:
@@ -82,6 +82,11 @@ def run_range(start_key: str, end_key: str) -> int:
     print("Open it in the Dagster UI (same instance, same data):")
     print(f"  BTC_DATA_DIR={settings.data_dir()} DAGSTER_HOME={home} dagster dev -w workspace.yaml")
     return 0 if result.success else 1
+
+
+def _quiet_logs() -> dict:
+    """Console log level for in-process runs (the run's full log is in the instance, visible in the UI)."""
+    return {"loggers": {"console": {"config": {"log_level": os.environ.get("BTC_LOG_LEVEL", "WARNING")}}}}
 
 
 def deliver_alerts(defs, instance) -> None:
@@ -98,7 +103,8 @@ def deliver_alerts(defs, instance) -> None:
     result = anomaly_alert_sensor(context)
     job = defs.resolve_job_def("send_anomaly_alert")
     for request in result.run_requests or []:
-        job.execute_in_process(instance=instance, run_config=request.run_config, tags=request.tags, raise_on_error=False)
+        job.execute_in_process(instance=instance, run_config={**request.run_config, **_quiet_logs()}, tags=request.tags,
+                               raise_on_error=False)
 
 
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
