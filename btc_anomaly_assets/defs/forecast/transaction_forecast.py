@@ -63,6 +63,7 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
     bounded trailing window of btc.minute_aggregates straight from DuckDB.
     """
     from btc_anomaly_assets.lib.forecast import (
+        MIN_HISTORY_POINTS,
         ForecastError,
         fit_and_forecast,
         forecast_series,
@@ -73,19 +74,20 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
     start, end = window_of(context)
     wh = warehouse.get()
     history = wh.read_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS, end - timedelta(minutes=config.history_minutes), end)
-    if int(history["tx_count"].sum()) == 0:
-        # Nothing happened in the trailing window (a quiet stretch between data, or the start of a
-        # deployment): there is no rate to extrapolate. Record that plainly instead of failing the run.
-        context.log.warning(f"no transactions in [{end - timedelta(minutes=config.history_minutes)}, {end}): no forecast made")
+    series = forecast_series(history) if int(history["tx_count"].sum()) else None
+    if series is None or len(series) < MIN_HISTORY_POINTS:
+        # Nothing to extrapolate yet: a quiet trailing window, or a deployment's first minutes.
+        # Record that plainly (warning + metadata) instead of failing the live run.
+        reason = ("no transactions in the trailing window" if series is None
+                  else f"only {len(series)} points of history (at least {MIN_HISTORY_POINTS} needed)")
+        context.log.warning(f"no forecast at {end}: {reason}")
         wh.replace_window(TABLE, TRANSACTION_FORECAST_COLUMNS, pd.DataFrame(columns=[c.name for c in TRANSACTION_FORECAST_COLUMNS]),
                           start, end)
         return dg.MaterializeResult(
-            metadata={"dagster/row_count": 0, "note": "no transactions in the trailing window: nothing to forecast"},
-            check_results=[dg.AssetCheckResult(check_name=FORECAST_QUALITY, passed=True,
-                                               metadata={"note": "no forecast: no activity in the trailing window"})],
+            metadata={"dagster/row_count": 0, "note": f"no forecast: {reason}"},
+            check_results=[dg.AssetCheckResult(check_name=FORECAST_QUALITY, passed=True, metadata={"note": f"no forecast: {reason}"})],
         )
     try:
-        series = forecast_series(history)
         forecast = fit_and_forecast(series, horizon_minutes=config.horizon_minutes)
     except ForecastError as exc:
         raise dg.Failure(f"cannot forecast from [{end - timedelta(minutes=config.history_minutes)}, {end}): {exc}") from exc
