@@ -379,7 +379,7 @@ def test_input_errors_name_what_is_wrong():
             {"minute": t0 + timedelta(minutes=1), "time_basis": "first_seen", "tx_count": 5},
         ]
     )
-    with pytest.raises(EwmaInputError, match="mixes time bases"):
+    with pytest.raises(EwmaInputError, match="mix time bases"):
         detect_ewma_anomalies(mixed, t0, t0 + timedelta(minutes=2))
     doubled = pd.concat([good, good], ignore_index=True)
     with pytest.raises(EwmaInputError, match="more than one row"):

@@ -73,7 +73,7 @@ from btc_anomaly_assets.lib.schema import (
     COORDINATED_CLUSTER_COLUMNS,
     SATOSHI_PER_BTC,
     TIME_BASIS_BLOCK,
-    TIME_BASIS_FIRST_SEEN,
+    single_time_basis,
     column_names,
     severity_rank,
 )
@@ -187,16 +187,7 @@ def _prepare(raw: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
         minute = minute.dt.tz_convert("UTC").dt.tz_localize(None)
     frame = raw.assign(minute=minute.astype("datetime64[us]"))
     frame = frame[frame["minute"] < end].reset_index(drop=True)
-    bases = sorted(set(frame["time_basis"].dropna().unique()))
-    unknown = [b for b in bases if b not in (TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN)]
-    if unknown:
-        raise ClusterInputError(f"raw transactions have unknown time_basis values {unknown}")
-    if len(bases) > 1:
-        raise ClusterInputError(
-            "raw transactions mix time bases 'block' and 'first_seen' within the window and its lookback; "
-            "cluster each source separately"
-        )
-    frame.attrs["time_basis"] = bases[0] if bases else None
+    frame.attrs["time_basis"] = single_time_basis(frame["time_basis"], "raw transactions (window and lookback)", ClusterInputError)
     return frame
 
 

@@ -74,7 +74,7 @@ from btc_anomaly_assets.lib.windows import minute_window
 from btc_anomaly_assets.lib.schema import (
     EWMA_ANOMALY_COLUMNS,
     TIME_BASIS_BLOCK,
-    TIME_BASIS_FIRST_SEEN,
+    single_time_basis,
     column_names,
     severity_rank,
 )
@@ -146,16 +146,7 @@ def _prepare(frame: pd.DataFrame, config: EwmaConfig, end: pd.Timestamp) -> pd.D
     if len(duplicated):
         shown = ", ".join(str(m) for m in duplicated.unique()[:5])
         raise EwmaInputError(f"minute_aggregates has more than one row for minute(s) {shown}")
-    bases = sorted({b for b in prepared["time_basis"] if isinstance(b, str)})
-    unknown = [b for b in bases if b not in (TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN)]
-    if unknown:
-        raise EwmaInputError(f"minute_aggregates has unknown time_basis values {unknown}")
-    if len(bases) > 1:
-        raise EwmaInputError(
-            "minute_aggregates mixes time bases 'block' and 'first_seen' within the window and its "
-            "lookback; their minutes are not comparable (score each source separately)"
-        )
-    prepared.attrs["time_basis"] = bases[0] if bases else None
+    prepared.attrs["time_basis"] = single_time_basis(prepared["time_basis"], "minute_aggregates (window and lookback)", EwmaInputError)
     return prepared
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from btc_anomaly_assets.lib.schema import TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN, severity_rank
+from btc_anomaly_assets.lib.schema import TIME_BASIS_FIRST_SEEN, severity_rank, single_time_basis
 
 BLOCK_RATE_WINDOW_MINUTES = 60
 SERIES_ARRIVALS = "tx_count_per_minute"
@@ -156,16 +156,10 @@ def _checked_aggregates(aggregates: pd.DataFrame) -> pd.DataFrame:
 
 
 def _single_time_basis(frame: pd.DataFrame) -> str:
-    bases = sorted(set(frame["time_basis"].dropna()))
-    if not bases:
-        raise ForecastError(
-            "minute aggregates contain no transactions, so their time basis is unknown; nothing to forecast"
-        )
-    if len(bases) > 1:
-        raise ForecastError(f"minute aggregates mix time bases {bases}; forecast each basis separately")
-    if bases[0] not in (TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN):
-        raise ForecastError(f"unknown time_basis {bases[0]!r} in minute aggregates")
-    return bases[0]
+    basis = single_time_basis(frame["time_basis"], "minute aggregates", ForecastError)
+    if basis is None:
+        raise ForecastError("minute aggregates contain no transactions, so their time basis is unknown; nothing to forecast")
+    return basis
 
 
 def _trailing_rate(counts: pd.Series, window_minutes: int) -> pd.Series:

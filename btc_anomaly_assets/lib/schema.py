@@ -15,6 +15,18 @@ TIME_BASIS_BLOCK = "block"
 TIME_BASIS_FIRST_SEEN = "first_seen"
 TIME_BASES = (TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN)
 
+def single_time_basis(values, what: str, error: type[Exception] = ValueError) -> str | None:
+    """The one time basis among ``values`` (None when there is none); ``error`` for an unknown one or
+    a mix, because minutes of block time and of first-seen time are not comparable."""
+    bases = sorted({v for v in values if isinstance(v, str)})
+    unknown = [b for b in bases if b not in TIME_BASES]
+    if unknown:
+        raise error(f"{what}: unknown time_basis values {unknown}")
+    if len(bases) > 1:
+        raise error(f"{what}: rows mix time bases {bases}; their minutes are not comparable (handle each source separately)")
+    return bases[0] if bases else None
+
+
 SATOSHI_PER_BTC = 100_000_000
 # Blockchair: fee_per_kwu is satoshi per 1000 weight units; 1 vB = 4 WU, so sat/vB = fee_per_kwu / 250.
 FEE_PER_KWU_PER_SAT_VB = 250.0
