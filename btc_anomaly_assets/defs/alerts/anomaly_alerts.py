@@ -179,7 +179,8 @@ def send_anomaly_alert():
     deliver_alert()
 
 
-@dg.sensor(job=send_anomaly_alert, minimum_interval_seconds=15, default_status=dg.DefaultSensorStatus.RUNNING)
+# The sensor daemon wakes every ~5 s; 1 s means "on every wake-up" (15 s added ~7-14 s to alert latency).
+@dg.sensor(job=send_anomaly_alert, minimum_interval_seconds=1, default_status=dg.DefaultSensorStatus.RUNNING)
 def anomaly_alert_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource, alerts: AlertDestinationResource):
     """Alerts every flagged anomaly, cluster and forecast excursion exactly once (digest for backfills)."""
     requests, cursor = evaluate_alert_sensor(context.instance, context.cursor, warehouse, alerts)
