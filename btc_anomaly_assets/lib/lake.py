@@ -75,8 +75,10 @@ def _to_table(frame: pd.DataFrame) -> pa.Table:
 
 
 @contextmanager
-def _writer_lock(dataset_path: str):
-    """Serialise writers of a local lake (a live run and a backfill may overlap an hour file)."""
+def lake_lock(dataset_path: str):
+    """Serialise writers of a local lake (a live run and a backfill may overlap an hour file), and
+    readers that list files before scanning them: Spark keeps the length it listed, so an hour file
+    replaced in between reads as zero rows without an error."""
     if "://" in dataset_path:
         yield  # object stores: one writer per window is guaranteed by the Dagster pool instead
         return
@@ -99,7 +101,7 @@ def write_raw_window(dataset_path: str, frame: pd.DataFrame, start: datetime, en
         if lo < start or hi >= end:
             raise LakeError(f"raw rows span {lo}..{hi}, outside the window [{start}, {end})")
     fs, root = _filesystem(dataset_path)
-    with _writer_lock(root if "://" not in dataset_path else dataset_path):
+    with lake_lock(root if "://" not in dataset_path else dataset_path):
         for hour in hour_starts(start, end):
             path = hour_file(root, hour)
             hour_end = hour + timedelta(hours=1)

@@ -12,6 +12,7 @@ from btc_anomaly_assets.defs.common import (
     window_of,
 )
 from btc_anomaly_assets.lib.aggregate_checks import evaluate_aggregate_checks
+from btc_anomaly_assets.lib.lake import lake_lock
 from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS
 from btc_anomaly_assets.lib.spark_session import connect_endpoint_label
 from btc_anomaly_assets.partitions import minute_partitions
@@ -58,7 +59,9 @@ def minute_aggregates(
     from btc_anomaly_assets.lib.spark_aggregates import aggregate_minutes_spark
 
     start, end = window_of(context)
-    frame = aggregate_minutes_spark(pyspark.spark_session, lake.raw_transactions_path, start, end)
+    spark = pyspark.spark_session
+    with lake_lock(lake.raw_transactions_path):  # no hour file may be replaced between Spark's listing and its scan
+        frame = aggregate_minutes_spark(spark, lake.raw_transactions_path, start, end)
     wh = warehouse.get()
     wh.replace_window(TABLE, MINUTE_AGGREGATE_COLUMNS, frame, start, end)
     stored = wh.read_window(TABLE, MINUTE_AGGREGATE_COLUMNS, start, end)
