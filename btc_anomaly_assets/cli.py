@@ -37,6 +37,14 @@ def prepare_dagster_home() -> Path:
     if not config.exists():
         config.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
+    # Two processes creating a new SQLite instance at once break its migrations (dagster#27390):
+    # create the storage once, under a lock, before any run starts.
+    from filelock import FileLock
+
+    with FileLock(str(home / ".create.lock"), timeout=120):
+        import dagster as dg
+
+        dg.DagsterInstance.get().dispose()
     return home
 
 
