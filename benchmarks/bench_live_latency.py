@@ -20,7 +20,10 @@ minute, the minute close, schedule tick, live run queue/start/steps/end, alert s
 run, Slack arrival, then the distribution of close -> delivered and where the time goes.
 
     python benchmarks/bench_live_latency.py [--minutes 6] [--spark classic|connect|both]
-        [--anomaly-every 2] [--history-minutes 40] [--dagster-yaml-extra 'run_queue: {dequeue_interval_seconds: 1}']
+        [--anomaly-every 2] [--history-minutes 40] [--dagster-yaml-extra 'run_queue: {dequeue_interval_seconds: 5}']
+
+(``--dagster-yaml-extra`` is appended to the CLI's dagster.yaml; a repeated top-level key wins, so the
+example above measures the queue's default 5 s dequeue interval instead of the 1 s the CLI writes.)
 
 Figures are from whatever machine this is (and whatever else runs on it): read the breakdown.
 """
