@@ -48,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from btc_anomaly_assets.cli import DAGSTER_YAML  # noqa: E402
+from btc_anomaly_assets.cli import dagster_yaml  # noqa: E402
 from btc_anomaly_assets.resources.sources import sample_dir  # noqa: E402
 from btc_anomaly_assets_tests.fakes.blockchair_server import (  # noqa: E402
     MEMPOOL_PATH,
@@ -498,7 +498,7 @@ def measure(spark: str, args, workdir: Path) -> dict:
 
     home, data = workdir / "dagster_home", workdir / "data"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text(DAGSTER_YAML + (args.dagster_yaml_extra + "\n" if args.dagster_yaml_extra else ""))
+    (home / "dagster.yaml").write_text(dagster_yaml(home) + (args.dagster_yaml_extra + "\n" if args.dagster_yaml_extra else ""))
     now = utc_now()
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     history_start = max(day_start, minute_floor(now) - timedelta(minutes=args.history_minutes))

@@ -15,10 +15,27 @@ from btc_anomaly_assets import settings
 SAMPLE_START = "2025-08-13-00:00"
 SAMPLE_END = "2025-08-13-03:00"  # the bundled blocks span 00:00:57-02:58:11 UTC
 
-DAGSTER_YAML = """\
+DAGSTER_YAML_TEMPLATE = """\
 # Written by btc-anomaly for this data dir. Edit freely; it is not overwritten once present.
 telemetry:
   enabled: false
+# Stock SQLite run and schedule storage; the event log is the stock SQLite one with batched writes
+# (btc_anomaly_assets/instance_storage.py): a day's backfill records ~17,000 per-partition events.
+run_storage:
+  module: dagster._core.storage.runs
+  class: SqliteRunStorage
+  config:
+    base_dir: {home}/history
+event_log_storage:
+  module: btc_anomaly_assets.instance_storage
+  class: BatchedSqliteEventLogStorage
+  config:
+    base_dir: {home}/history/runs
+schedule_storage:
+  module: dagster._core.storage.schedules
+  class: SqliteScheduleStorage
+  config:
+    base_dir: {home}/schedules
 concurrency:
   pools:
     default_limit: 1   # the duckdb pool: one DuckDB-writing step at a time across runs
@@ -29,13 +46,18 @@ run_queue:
 """
 
 
+def dagster_yaml(home: Path) -> str:
+    """The ``dagster.yaml`` btc-anomaly writes into a new DAGSTER_HOME (storage paths are absolute)."""
+    return DAGSTER_YAML_TEMPLATE.format(home=Path(home).resolve())
+
+
 def prepare_dagster_home() -> Path:
     """A persistent DAGSTER_HOME under the data dir, so runs and sensor cursors survive and the UI sees them."""
     home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML)
+        config.write_text(dagster_yaml(home))
     os.environ["DAGSTER_HOME"] = str(home)
     # Two processes creating a new SQLite instance at once break its migrations (dagster#27390):
     # create the storage once, under a lock, before any run starts.

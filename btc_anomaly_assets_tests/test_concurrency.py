@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from btc_anomaly_assets.cli import DAGSTER_YAML
+from btc_anomaly_assets.cli import dagster_yaml
 from btc_anomaly_assets.lib.lake import raw_path, read_raw_window
 from btc_anomaly_assets.lib.warehouse import Warehouse
 from btc_anomaly_assets_tests.fakes.slack_server import FakeSlack
@@ -89,7 +89,7 @@ def _prepare_dagster_home(home: Path) -> None:
     import dagster as dg
 
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / "dagster.yaml").write_text(dagster_yaml(home))
     with dg.DagsterInstance.from_config(str(home)):
         pass
 

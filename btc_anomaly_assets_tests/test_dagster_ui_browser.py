@@ -151,13 +151,13 @@ def _stop_process_group(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     """A ``dagster dev -w workspace.yaml`` on a free loopback port over a fresh instance."""
-    from btc_anomaly_assets.cli import DAGSTER_YAML
+    from btc_anomaly_assets.cli import dagster_yaml
 
     root = tmp_path_factory.mktemp("dagster_dev")
     home, data_dir = root / "dagster_home", root / "btc_data"
     home.mkdir()
     data_dir.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / "dagster.yaml").write_text(dagster_yaml(home))
     port = _free_port()
     dev = DagsterDev(f"http://127.0.0.1:{port}", data_dir, _hermetic_env(data_dir, home), root / "dagster_dev.log")
     with open(dev.log_path, "w") as log:  # a file, not a pipe: an unread pipe fills up and stalls the server

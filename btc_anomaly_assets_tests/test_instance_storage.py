@@ -1,0 +1,113 @@
+"""The batched SQLite event log stores exactly what the stock one stores, in far fewer transactions.
+
+The same single-run range materializations (a success and a failure, with checks) run on two
+instances: the stock ``dagster.yaml`` and the one ``btc-anomaly`` writes. Everything Dagster reads
+back - materializations per partition, planned events, failed partitions, the asset record, the
+check history and the run's log - must be identical.
+"""
+
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+from btc_anomaly_assets.cli import dagster_yaml
+from btc_anomaly_assets.instance_storage import BatchedSqliteEventLogStorage
+
+MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
+                                            start=datetime(2025, 8, 13), end=datetime(2025, 8, 13, 2))
+RANGE = {"dagster/asset_partition_range_start": "2025-08-13-00:00", "dagster/asset_partition_range_end": "2025-08-13-00:59"}
+SECOND_RANGE = {"dagster/asset_partition_range_start": "2025-08-13-00:30", "dagster/asset_partition_range_end": "2025-08-13-01:29"}
+KEY = dg.AssetKey(["btc", "counted"])
+
+
+@dg.asset(key=KEY, partitions_def=MINUTES, backfill_policy=dg.BackfillPolicy.single_run(),
+          check_specs=[dg.AssetCheckSpec("rows_positive", asset=KEY, blocking=True)])
+def counted(context: dg.AssetExecutionContext):
+    window = context.partition_time_window
+    minutes = int((window.end - window.start).total_seconds() // 60)
+    return dg.MaterializeResult(metadata={"minutes": minutes},
+                                check_results=[dg.AssetCheckResult(check_name="rows_positive", passed=minutes > 0)])
+
+
+@dg.asset(key=dg.AssetKey(["btc", "failing"]), partitions_def=MINUTES, backfill_policy=dg.BackfillPolicy.single_run())
+def failing() -> None:
+    raise RuntimeError("bad input in this window")
+
+
+def _instance(home: Path, batched: bool) -> dg.DagsterInstance:
+    home.mkdir()
+    (home / "dagster.yaml").write_text(dagster_yaml(home) if batched else "telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def _run_everything(instance: dg.DagsterInstance) -> list[str]:
+    runs = [dg.materialize([counted], instance=instance, tags=RANGE).run_id,
+            dg.materialize([counted], instance=instance, tags=SECOND_RANGE).run_id]
+    failed = dg.materialize([failing], instance=instance, tags=RANGE, raise_on_error=False)
+    assert not failed.success
+    return runs + [failed.run_id]
+
+
+def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
+    """What Dagster reads back, with run ids replaced by their position (they differ per instance)."""
+    position = {run_id: i for i, run_id in enumerate(run_ids)}
+    materializations = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=KEY), limit=1000, ascending=True)
+    planned = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                                                               asset_key=KEY), limit=1000, ascending=True)
+    failing_status = get_and_update_asset_status_cache_value(instance, dg.AssetKey(["btc", "failing"]), MINUTES)
+    [record] = instance.get_asset_records([KEY])
+    checks = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(KEY, "rows_positive"), limit=100)
+    return {
+        "materialized": [(position[r.run_id], r.partition_key,
+                          r.event_log_entry.asset_materialization.metadata["minutes"].value) for r in materializations.records],
+        "materialized_partitions": sorted(instance.get_materialized_partitions(KEY)),
+        "planned": [(position[r.run_id], r.partition_key) for r in planned],
+        # what the UI's partition health bar shows for the failed run
+        "failed_partitions": sorted(failing_status.deserialize_failed_partition_subsets(MINUTES).get_partition_keys()),
+        "last_materialization": (record.asset_entry.last_materialization_record.partition_key,
+                                 position[record.asset_entry.last_run_id]),
+        "checks": sorted((position[c.run_id], c.partition or "", c.status.value) for c in checks),
+        "log_kinds": [[e.dagster_event_type.value if e.dagster_event else "log" for e in instance.all_logs(run_id)]
+                      for run_id in run_ids],
+    }
+
+
+def test_batched_storage_reads_back_exactly_like_the_stock_storage(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "5000")  # what the batched storage turns on in its process
+    batches: list[int] = []
+    store = BatchedSqliteEventLogStorage._store_asset_events
+    monkeypatch.setattr(BatchedSqliteEventLogStorage, "_store_asset_events",
+                        lambda self, events: (batches.append(len(events)), store(self, events))[1])
+
+    with _instance(tmp_path / "stock", batched=False) as stock, _instance(tmp_path / "batched", batched=True) as batched:
+        assert type(batched.event_log_storage) is BatchedSqliteEventLogStorage
+        expected = _readback(stock, _run_everything(stock))
+        actual = _readback(batched, _run_everything(batched))
+
+    assert expected["materialized_partitions"] == [f"2025-08-13-{h:02d}:{m:02d}" for h in (0, 1) for m in range(60)][:90]
+    assert len(expected["planned"]) == 120 and len(expected["failed_partitions"]) == 60
+    for key in expected:
+        assert actual[key] == expected[key], key
+    # the 60-partition runs went to storage as whole batches, not event by event
+    assert batches.count(60) >= 4
+
+
+def test_batching_is_switched_on_by_the_storage_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    with _instance(tmp_path / "home", batched=True):
+        import os
+
+        assert int(os.environ["DAGSTER_EVENT_BATCH_SIZE"]) > 0
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_each_instance_is_usable_by_a_second_process_view(tmp_path, batched):
+    """A second instance object on the same home (the webserver, the daemon) reads what a run wrote."""
+    with _instance(tmp_path / "home", batched=batched) as writer:
+        _run_everything(writer)
+        with dg.DagsterInstance.from_config(str(tmp_path / "home")) as reader:
+            assert len(reader.get_materialized_partitions(KEY)) == 90
