@@ -51,6 +51,7 @@ def build_resources() -> dict:
             outbox_path=env("BTC_ALERT_OUTBOX") or settings.alert_outbox(),
             ui_base_url=env("BTC_DAGSTER_UI_URL"),
             min_severity=env("BTC_ALERT_MIN_SEVERITY"),
+            deliver_in_run=settings.is_on("BTC_ALERT_IN_RUN"),
         ),
         # A dict-valued Spark config cannot hold EnvVars; SPARK_* are not secrets, so they are read here.
         "pyspark": build_pyspark_resource(settings.env_value("SPARK_MASTER"), settings.env_value("SPARK_REMOTE")),

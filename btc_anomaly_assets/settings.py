@@ -48,6 +48,7 @@ SETTINGS: list[Setting] = [
     Setting("SLACK_CHANNEL", None, "Channel for the bot token, e.g. `#btc-alerts`"),
     Setting("BTC_ALERT_OUTBOX", None, "JSON-lines outbox used when no Slack destination is set. Default `<BTC_DATA_DIR>/alerts_outbox.jsonl`"),
     Setting("BTC_ALERT_MIN_SEVERITY", "medium", "Lowest severity that is alerted: `info`, `low`, `medium`, `high`"),
+    Setting("BTC_ALERT_IN_RUN", "on", "`on`: a live minute's EWMA alerts are sent from inside its run (seconds sooner); `off`: only the alert sensor sends"),
     Setting("BTC_DAGSTER_UI_URL", "http://localhost:3000", "Dagster UI base URL used for links in alerts"),
     Setting("BTC_LIVE", "off", "`on` starts the live schedules: each closed minute through the graph, plus a late-data sweep"),
     Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),
@@ -67,6 +68,17 @@ def env_value(name: str) -> str | None:
     """The configured value (environment first, then the default); '' counts as unset."""
     value = os.environ.get(name, "").strip()
     return value or _BY_NAME[name].default
+
+
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+def is_on(name: str) -> bool:
+    """An on/off setting; anything else is an error that names the variable."""
+    value = (env_value(name) or "").lower()
+    if value not in _ON + _OFF:
+        raise ValueError(f"{name}={value!r} is not on/off (accepted: {', '.join(_ON + _OFF)})")
+    return value in _ON
 
 
 def env_or_default(name: str):

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 DEFAULT_DIGEST_THRESHOLD = 5
 
 
+def single_alert_id(item_id: str) -> str:
+    """The alert id (and sensor run key) of one item's own alert."""
+    return f"alert:{item_id}"
+
+
 @dataclass(frozen=True)
 class MaterializationEvent:
     storage_id: int
@@ -59,5 +64,10 @@ def plan_alerts(
         if len(partitions) > digest_threshold:
             requests.append(AlertRequest(f"digest:{run_id}:{asset}", "digest", asset, items, run_id))
         else:
-            requests.extend(AlertRequest(f"alert:{item}", "single", asset, [item], run_id) for item in items)
+            requests.extend(AlertRequest(single_alert_id(item), "single", asset, [item], run_id) for item in items)
     return requests
+
+
+def undelivered(requests: list[AlertRequest], already_sent: set[str]) -> list[AlertRequest]:
+    """Requests that still have an item not yet sent (items alerted from inside a live run, say)."""
+    return [r for r in requests if any(i not in already_sent for i in r.item_ids)]

@@ -25,6 +25,11 @@ class AlertDestinationResource(dg.ConfigurableResource):
     ui_base_url: str = Field(default="http://localhost:3000", description="Dagster UI base URL for links in messages")
     min_severity: str = Field(default="medium", description="Lowest severity that is alerted")
     digest_threshold: int = Field(default=5, description="A run materializing more partitions than this gets one digest")
+    deliver_in_run: bool = Field(
+        default=True,
+        description="Runs of at most digest_threshold minutes (live minutes) send their EWMA alerts from inside the "
+                    "run, right after detection, instead of waiting for the sensor and an alert run",
+    )
 
     def get_destination(self):
         from btc_anomaly_assets.lib.slack_delivery import select_destination

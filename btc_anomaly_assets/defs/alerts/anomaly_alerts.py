@@ -20,7 +20,7 @@ from btc_anomaly_assets.defs.common import (
     EWMA_ANOMALIES,
     TRANSACTION_FORECAST,
 )
-from btc_anomaly_assets.lib.alert_planning import MaterializationEvent, plan_alerts
+from btc_anomaly_assets.lib.alert_planning import MaterializationEvent, plan_alerts, single_alert_id, undelivered
 from btc_anomaly_assets.lib.schema import ALERT_COLUMNS, SEVERITIES, severity_rank
 from btc_anomaly_assets.resources.alerts import AlertDestinationResource
 from btc_anomaly_assets.resources.storage import WarehouseResource
@@ -114,6 +114,7 @@ def evaluate_alert_sensor(instance: dg.DagsterInstance, cursor: str | None, ware
         partitions = sorted({e.partition for e in events if e.asset == asset and e.partition})
         flagged.update(_flagged_items(warehouse, asset, partitions, alerts.min_severity))
     planned = plan_alerts(events, flagged, digest_threshold=alerts.digest_threshold)
+    planned = undelivered(planned, _already_sent(warehouse.get(), [i for p in planned for i in p.item_ids]))
     requests = [
         dg.RunRequest(run_key=p.run_key, run_config=_run_config(p.run_key, p.kind, p.asset, p.item_ids),
                       tags={"btc/alert_id": p.run_key, "btc/source_run": p.source_run_id})
@@ -126,39 +127,79 @@ def evaluate_alert_sensor(instance: dg.DagsterInstance, cursor: str | None, ware
 def deliver_alert(context: dg.OpExecutionContext, config: AlertRunConfig, warehouse: WarehouseResource,
                   alerts: AlertDestinationResource) -> None:
     """Build the message for the requested items, skip what was already delivered, send, record."""
+    deliver_alert_items(warehouse.get(), alerts, config, context.log)
+
+
+def deliver_alert_items(wh, alerts: AlertDestinationResource, config: AlertRunConfig, log) -> str:
+    """Deliver one alert unless its items were already sent; record the outcome in ``btc.alerts``.
+
+    The caller must hold the ``duckdb`` pool (the alert op) or run inside a step that does (the
+    EWMA step of a live run): check-then-send is only exactly-once because such steps never overlap.
+    Returns the recorded status (``sent``, ``failed``, ``skipped``) or ``already_sent``.
+    """
     from btc_anomaly_assets.defs.alerts.alert_messages import build_alert_message
 
-    wh = warehouse.get()
     record = wh.query(f"SELECT * FROM btc.{ALERTS_TABLE} WHERE alert_id = ?", [config.alert_id]) \
         if wh.table_exists(ALERTS_TABLE) else pd.DataFrame()
     if not record.empty and record["status"].iloc[0] == "sent":
-        context.log.info(f"alert {config.alert_id} was already delivered; nothing to do")
-        return
+        log.info(f"alert {config.alert_id} was already delivered; nothing to do")
+        return "already_sent"
     pending = _not_yet_delivered(wh, config.item_ids)
     attempts_before = int(record["attempts"].iloc[0]) if not record.empty else 0
     created_at = record["created_at"].iloc[0] if not record.empty else _now()
     if not pending:
         _record(wh, config, [], "skipped", "-", attempts_before, "every item was already delivered in another alert", "", "{}",
                 created_at, None)
-        context.log.info(f"alert {config.alert_id}: every item was already delivered; skipped")
-        return
+        log.info(f"alert {config.alert_id}: every item was already delivered; skipped")
+        return "skipped"
     message = build_alert_message(wh, config.kind, config.asset, pending, ui_base_url=alerts.ui_base_url,
                                   min_severity=alerts.min_severity)
     result = alerts.get_destination().deliver(message)
     _record(wh, config, pending, result.status, result.destination, attempts_before + result.attempts, result.error or "",
             message.text, json.dumps(message.payload()), created_at, result.sent_at)
     if result.ok:
-        context.log.info(f"alert {config.alert_id} ({config.kind}, {len(pending)} item(s)) delivered to {result.destination}")
+        log.info(f"alert {config.alert_id} ({config.kind}, {len(pending)} item(s)) delivered to {result.destination}")
     else:
-        context.log.error(f"alert {config.alert_id} not delivered to {result.destination}: {result.error}; "
-                          "it stays pending and the sensor retries it on a later tick")
+        log.error(f"alert {config.alert_id} not delivered to {result.destination}: {result.error}; "
+                  "it stays pending and the sensor retries it on a later tick")
+    return result.status
+
+
+def deliver_in_run(wh, alerts: AlertDestinationResource, asset: str, partitions: int, start, end, log) -> dict[str, int]:
+    """Deliver a small run's flagged items now, from inside the step that stored them (the live path).
+
+    Same alert ids and messages as the sensor would request (``alert:<item>``), so the sensor later
+    finds them sent and launches nothing; a failed delivery stays ``failed`` and the sensor retries
+    it. Runs over more than ``digest_threshold`` partitions are left to the sensor's digest.
+    """
+    if not alerts.deliver_in_run or partitions > alerts.digest_threshold:
+        return {}
+    _, table, id_column = ALERTED_ASSETS[asset]
+    items = wh.query(
+        f"SELECT {id_column} AS item FROM btc.{table} WHERE minute >= ? AND minute < ? AND severity IN (SELECT unnest(?)) "
+        "ORDER BY minute, item", [start, end, _severities_at_or_above(alerts.min_severity)],
+    )["item"].tolist()
+    outcomes: dict[str, int] = {}
+    for item in items:
+        config = AlertRunConfig(alert_id=single_alert_id(item), kind="single", asset=asset, item_ids=[item])
+        status = deliver_alert_items(wh, alerts, config, log)
+        outcomes[status] = outcomes.get(status, 0) + 1
+    return outcomes
+
+
+def _already_sent(wh, item_ids: list[str]) -> set[str]:
+    """Which of these items some alert already delivered."""
+    if not item_ids or not wh.table_exists(ALERTS_TABLE):
+        return set()
+    sent = wh.query(
+        f"SELECT DISTINCT item FROM (SELECT unnest(item_ids) AS item FROM btc.{ALERTS_TABLE} WHERE status = 'sent') "
+        "WHERE item IN (SELECT unnest(?))", [list(item_ids)],
+    )
+    return set(sent["item"])
 
 
 def _not_yet_delivered(wh, item_ids: list[str]) -> list[str]:
-    if not wh.table_exists(ALERTS_TABLE):
-        return list(item_ids)
-    sent = wh.query(f"SELECT DISTINCT unnest(item_ids) AS item FROM btc.{ALERTS_TABLE} WHERE status = 'sent'")
-    done = set(sent["item"])
+    done = _already_sent(wh, item_ids)
     return [i for i in item_ids if i not in done]
 
 

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from btc_anomaly_assets.defs.alerts.anomaly_alerts import deliver_in_run
 from btc_anomaly_assets.defs.common import (
     COORDINATED_CLUSTERS,
     DUCKDB_POOL,
@@ -27,6 +28,7 @@ from btc_anomaly_assets.lib.schema import (
     SEVERITIES,
 )
 from btc_anomaly_assets.partitions import minute_partitions
+from btc_anomaly_assets.resources.alerts import AlertDestinationResource
 from btc_anomaly_assets.resources.detection import DetectionSettings
 from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
 
@@ -51,6 +53,8 @@ def _severity_counts(frame: pd.DataFrame) -> dict:
     deps=[dg.AssetDep(MINUTE_AGGREGATES,
                       partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-EWMA_LOOKBACK_MINUTES))],
     pool=DUCKDB_POOL,
+    # Ahead of the clusters step in a run: a live minute's alerts go out from this step.
+    op_tags={"dagster/priority": "1"},
     check_specs=[
         dg.AssetCheckSpec(EVERY_MINUTE_SCORED, asset=EWMA_ANOMALIES, blocking=True,
                           description="Every minute of the window has exactly one row per metric"),
@@ -60,12 +64,14 @@ def _severity_counts(frame: pd.DataFrame) -> dict:
     metadata={"dagster/column_schema": column_schema(EWMA_ANOMALY_COLUMNS), "partition_expr": "minute",
               "dagster/table_name": "btc.ewma_anomalies"},
 )
-def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettings, warehouse: WarehouseResource):
+def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettings, warehouse: WarehouseResource,
+                   alerts: AlertDestinationResource):
     """One row per minute and metric: causal, robust EWMA baseline, deviation, z-score, severity, rule.
 
     With block time only minutes holding a block are scored, each against earlier block-minutes
     (a block landing is not an anomaly, the empty minutes between blocks are not "zero traffic").
     History comes from the lookback partitions; the output is trimmed to the run's window.
+    A live minute's flagged rows are alerted from this step once its checks pass (``BTC_ALERT_IN_RUN``).
     """
     start, end = window_of(context)
     wh = warehouse.get()
@@ -78,9 +84,15 @@ def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettin
     duplicated = int(scored.duplicated(["minute", "metric"]).sum())
     z = scored["z_score"].dropna().to_numpy(dtype=float)
     flagged = scored[scored["severity"].isin(FLAGGED)]
+    scored_once, finite = len(scored) == expected and duplicated == 0, bool(np.isfinite(z).all())
+    delivered = {}
+    if scored_once and finite:
+        minutes = int((end - start).total_seconds() // 60)
+        delivered = deliver_in_run(wh, alerts, "ewma_anomalies", minutes, start, end, context.log)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(scored),
+            "alerts_in_run": ", ".join(f"{n} {status}" for status, n in sorted(delivered.items())) or "none",
             "mode": detection.mode,
             "anomaly_count": len(flagged),
             "flagged_minutes": int(flagged["minute"].nunique()),
@@ -88,10 +100,10 @@ def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettin
             "flagged_preview": markdown_preview(flagged[["minute", "metric", "value", "baseline", "z_score", "severity", "rule"]]),
         },
         check_results=[
-            dg.AssetCheckResult(check_name=EVERY_MINUTE_SCORED, passed=len(scored) == expected and duplicated == 0,
+            dg.AssetCheckResult(check_name=EVERY_MINUTE_SCORED, passed=scored_once,
                                 severity=dg.AssetCheckSeverity.ERROR,
                                 metadata={"expected_rows": expected, "rows": len(scored), "duplicated": duplicated}),
-            dg.AssetCheckResult(check_name=Z_SCORES_FINITE, passed=bool(np.isfinite(z).all()),
+            dg.AssetCheckResult(check_name=Z_SCORES_FINITE, passed=finite,
                                 severity=dg.AssetCheckSeverity.ERROR,
                                 metadata={"scored": len(z), "non_finite": int((~np.isfinite(z)).sum())}),
         ],

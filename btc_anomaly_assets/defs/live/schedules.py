@@ -8,15 +8,14 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from btc_anomaly_assets.partitions import minute_partitions
-from btc_anomaly_assets.settings import DATE_FMT, env_value
+from btc_anomaly_assets.settings import DATE_FMT, is_on
 
 LATE_DATA_DELAY_MINUTES = 10
 LATE_DATA_SPAN_MINUTES = 10
 
 
 def _live_status() -> dg.DefaultScheduleStatus:
-    on = (env_value("BTC_LIVE") or "off").lower() in ("1", "on", "true", "yes")
-    return dg.DefaultScheduleStatus.RUNNING if on else dg.DefaultScheduleStatus.STOPPED
+    return dg.DefaultScheduleStatus.RUNNING if is_on("BTC_LIVE") else dg.DefaultScheduleStatus.STOPPED
 
 
 def minute_key(moment: datetime) -> str:
