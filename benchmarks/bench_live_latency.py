@@ -48,6 +48,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pandas as pd  # noqa: E402
+
 from btc_anomaly_assets.cli import dagster_yaml  # noqa: E402
 from btc_anomaly_assets.resources.sources import sample_dir  # noqa: E402
 from btc_anomaly_assets_tests.fakes.blockchair_server import (  # noqa: E402
@@ -322,7 +324,7 @@ class AlertedMinute:
     minute: datetime
     injected: bool
     live: RunTimes
-    alert: RunTimes
+    alert: RunTimes | None  # None: sent from inside the live run
     alert_id: str
     delivered: float
     alerts_in_minute: int
@@ -338,12 +340,18 @@ class AlertedMinute:
 
 
 def collect(home: Path, warehouse_path: Path, measured: list[datetime], whales: dict, arrivals) -> tuple[list, dict]:
+    """Per measured minute: its live run, and the first of its alerts to reach Slack, sent either from
+    inside the live run (``BTC_ALERT_IN_RUN``) or by an alert run the sensor launched."""
     import dagster as dg
 
     from btc_anomaly_assets.lib.warehouse import Warehouse
 
-    alerts = Warehouse(str(warehouse_path)).query(
-        "SELECT alert_id, kind, status, text, item_ids, sent_at FROM btc.alerts WHERE status = 'sent'")
+    wh = Warehouse(str(warehouse_path))
+    alerts = wh.query("SELECT alert_id, text, item_ids FROM btc.alerts WHERE status = 'sent'")
+    item_minutes = wh.query(
+        "SELECT anomaly_id AS item, minute FROM btc.ewma_anomalies UNION ALL "
+        "SELECT cluster_id AS item, minute FROM btc.coordinated_clusters")
+    minute_of_item = dict(zip(item_minutes["item"], item_minutes["minute"]))
     first_arrival_by_text: dict[str, float] = {}
     for arrived, text in arrivals:
         first_arrival_by_text.setdefault(text, arrived)
@@ -353,10 +361,8 @@ def collect(home: Path, warehouse_path: Path, measured: list[datetime], whales: 
         for record in instance.get_run_records(dg.RunsFilter(job_name=PIPELINE_JOB, tags={"btc/trigger": "live"})):
             key = record.dagster_run.tags.get("dagster/partition")
             live[key] = read_run(instance, record)
-        alert_runs = {}
-        for record in instance.get_run_records(dg.RunsFilter(job_name=ALERT_JOB)):
-            tags = record.dagster_run.tags
-            alert_runs.setdefault(tags.get("btc/source_run"), []).append((tags.get("btc/alert_id"), record))
+        alert_runs = {record.dagster_run.tags.get("btc/alert_id"): record
+                      for record in instance.get_run_records(dg.RunsFilter(job_name=ALERT_JOB))}
         notes["sweep_runs"] = [
             (r.dagster_run.tags.get("dagster/asset_partition_range_start"), read_run(instance, r))
             for r in instance.get_run_records(dg.RunsFilter(job_name=PIPELINE_JOB, tags={"btc/trigger": "late_data"}))]
@@ -368,18 +374,18 @@ def collect(home: Path, warehouse_path: Path, measured: list[datetime], whales: 
             if run.status != "SUCCESS":
                 notes["failed_live_runs"].append((minute, run.status))
             delivered = []
-            for alert_id, record in alert_runs.get(run.run_id, []):
-                row = alerts[alerts["alert_id"] == alert_id]
-                if row.empty or row["text"].iloc[0] not in first_arrival_by_text:
+            for alert_id, text, items in alerts.itertuples(index=False):
+                minutes = {minute_of_item.get(i) for i in items}
+                if pd.Timestamp(minute) not in minutes or text not in first_arrival_by_text:
                     continue
-                delivered.append((first_arrival_by_text[row["text"].iloc[0]], alert_id, record))
+                delivered.append((first_arrival_by_text[text], alert_id, alert_runs.get(alert_id)))
             if not delivered:
                 if minute in whales:
                     notes["undelivered_whale_minutes"].append(minute)
                 continue
             arrived, alert_id, record = min(delivered, key=lambda d: d[0])
-            results.append(AlertedMinute(minute, minute in whales, run, read_run(instance, record), alert_id, arrived,
-                                         len(delivered), max(d[0] for d in delivered)))
+            results.append(AlertedMinute(minute, minute in whales, run, read_run(instance, record) if record else None,
+                                         alert_id, arrived, len(delivered), max(d[0] for d in delivered)))
     return results, notes
 
 
@@ -407,13 +413,16 @@ def breakdown(m: AlertedMinute) -> dict[str, float | None]:
         "live run start-up (RUN_STARTING -> RUN_START)": _since(live.at("RUN_STARTING"), live.at("RUN_START")),
     }
     previous_end = live.at("RUN_START")
-    for step in ("btc__raw_transactions", "btc__minute_aggregates", "btc__coordinated_clusters", "btc__ewma_anomalies"):
-        if step not in live.steps:
-            continue
+    steps = ("btc__raw_transactions", "btc__minute_aggregates", "btc__ewma_anomalies") if alert is None else \
+        ("btc__raw_transactions", "btc__minute_aggregates", "btc__ewma_anomalies", "btc__coordinated_clusters")
+    for step in sorted((s for s in steps if s in live.steps), key=lambda s: live.steps[s][0]):
         start, end = live.steps[step]
         parts[f"  wait before {step.removeprefix('btc__')}"] = _since(previous_end, start)
         parts[f"  step {step.removeprefix('btc__')}"] = end - start
         previous_end = end
+    if alert is None:  # sent from the EWMA step of the live run
+        parts["in-run: ewma step end -> Slack received (negative: sent before the step ended)"] = _since(previous_end, m.delivered)
+        return parts
     ewma_done = live.materialized.get("btc/ewma_anomalies")
     parts["sensor (ewma stored -> alert run created)"] = _since(ewma_done, alert.created)
     parts["alert run queued (created -> RUN_STARTING)"] = _since(alert.created, alert.at("RUN_STARTING"))
@@ -441,15 +450,16 @@ def print_report(label: str, results: list[AlertedMinute], notes: dict, mempool:
     print("  minute  close    sched-tick created  launched RUN_START ewma-stored run-end | sensor-tick alert-created "
           "RUN_START deliver-start slack | total")
     for m in sorted(results, key=lambda r: r.minute):
-        live, alert = m.live, m.alert
+        live, alert = m.live, m.alert or RunTimes("-", "in-run", float("nan"))
         deliver = alert.steps.get("deliver_alert", (None, None))
         print(f"  {m.minute:%H:%M}{'w' if m.injected else ' '} {datetime.fromtimestamp(m.close, timezone.utc):%H:%M:%S} "
               f"{_stamp(live.tick, m.close)} {_stamp(live.created, m.close)} {_stamp(live.at('RUN_STARTING'), m.close)} "
               f"{_stamp(live.at('RUN_START'), m.close)} {_stamp(live.materialized.get('btc/ewma_anomalies'), m.close)} "
-              f"{_stamp(live.end, m.close)} | {_stamp(alert.tick, m.close)} {_stamp(alert.created, m.close)} "
+              f"{_stamp(live.end, m.close)} | {_stamp(alert.tick, m.close)} {_stamp(alert.created if m.alert else None, m.close)} "
               f"{_stamp(alert.at('RUN_START'), m.close)} "
               f"{_stamp(deliver[0], m.close)} {_stamp(m.delivered, m.close)} | {m.latency:6.1f} s  "
-              f"({m.alerts_in_minute} alert(s), last at {m.last_delivered - m.close:+.1f}s)")
+              f"({m.alerts_in_minute} alert(s), last at {m.last_delivered - m.close:+.1f}s; "
+              f"{'in-run' if m.alert is None else 'sensor'})")
     latencies = [m.latency for m in results]
     summary = {}
     if latencies:
