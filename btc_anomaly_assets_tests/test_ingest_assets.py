@@ -47,9 +47,14 @@ def test_sample_source_fills_exactly_the_window_and_rerunning_keeps_it(tmp_path)
     expected = _dump_rows_between(DUMPS / "blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz",
                                   "2025-08-13 00:10:00", "2025-08-13 00:30:00")
     assert len(stored) == expected > 0 and stored["hash"].is_unique
-    materialization = result.asset_materializations_for_node("btc__raw_transactions")[0]
-    assert materialization.metadata["dagster/row_count"].value == len(stored)
-    assert materialization.metadata["time_basis"].value == "block"
+    # Each minute's partition carries that minute's own figures (a range run must not copy the total onto every minute).
+    materializations = result.asset_materializations_for_node("btc__raw_transactions")
+    per_partition = {m.partition: m.metadata["dagster/row_count"].value for m in materializations}
+    expected_per_minute = stored.groupby(stored["minute"].dt.strftime("%Y-%m-%d-%H:%M")).size().to_dict()
+    assert len(per_partition) == 20 and sum(per_partition.values()) == len(stored)
+    assert per_partition == {k: expected_per_minute.get(k, 0) for k in per_partition}
+    assert {m.metadata["window_rows"].value for m in materializations} == {len(stored)}
+    assert materializations[0].metadata["time_basis"].value == "block"
 
 
 def test_blockchair_mempool_source_stores_first_seen_rows_and_hides_the_key(tmp_path, caplog):

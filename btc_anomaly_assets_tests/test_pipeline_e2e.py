@@ -91,6 +91,29 @@ def test_the_whales_are_flagged_and_block_landings_are_not(pipeline):
     assert len(minutes) <= 6  # 20 blocks landed in this window; nearly all of them are not anomalies
 
 
+def _partition_metadata(instance, asset_key, partition: str) -> dict:
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def test_each_partition_carries_its_own_minute_figures_for_the_ui_plots(pipeline):
+    """A 180-minute range run: Dagster must plot each minute's own count, not the window's total 180 times."""
+    from btc_anomaly_assets.defs.common import EWMA_ANOMALIES, MINUTE_AGGREGATES, TRANSACTION_FORECAST
+
+    instance, wh = pipeline["instance"], pipeline["wh"]
+    counts = wh.query("SELECT strftime(minute, '%Y-%m-%d-%H:%M') AS p, tx_count FROM btc.minute_aggregates")
+    expected = dict(zip(counts["p"], counts["tx_count"]))
+    busy = max(expected, key=expected.get)
+    for partition in (busy, "2025-08-13-00:17", "2025-08-13-00:18"):
+        assert _partition_metadata(instance, MINUTE_AGGREGATES, partition)["tx_count"] == expected[partition]
+    assert _partition_metadata(instance, EWMA_ANOMALIES, "2025-08-13-00:18")["severity_high"] >= 1
+    assert _partition_metadata(instance, EWMA_ANOMALIES, "2025-08-13-00:17")["severity_high"] == 0
+    last, earlier = (_partition_metadata(instance, TRANSACTION_FORECAST, p) for p in ("2025-08-13-02:59", "2025-08-13-01:00"))
+    assert last["dagster/row_count"] == 30 and "forecast_mape_pct" in last
+    assert earlier["dagster/row_count"] == 0 and "forecast_mape_pct" not in earlier
+
+
 def test_every_flagged_item_has_exactly_one_rule_based_explanation(pipeline):
     wh = pipeline["wh"]
     flagged = wh.query(

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from btc_anomaly_assets.lib.schema import Column
+from btc_anomaly_assets.settings import DATE_FMT as PARTITION_FMT
 
 RAW_TRANSACTIONS = dg.AssetKey(["btc", "raw_transactions"])
 MINUTE_AGGREGATES = dg.AssetKey(["btc", "minute_aggregates"])
@@ -34,3 +35,27 @@ def markdown_preview(frame: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
     if frame.empty:
         return dg.MetadataValue.md("_no rows_")
     return dg.MetadataValue.md(frame.head(limit).to_markdown(index=False))
+
+
+def add_minute_metadata(context: dg.AssetExecutionContext, start: datetime, end: datetime, per_minute: pd.DataFrame) -> None:
+    """Attach each minute's own figures to that minute's partition.
+
+    In a range run Dagster copies the run's metadata onto every partition's materialization, so a
+    backfilled day would plot the day's total at every minute. Numeric figures therefore go on each
+    partition; ``per_minute`` is indexed by minute (naive UTC) and minutes it lacks get zeros.
+    """
+    minutes = pd.date_range(start, end, freq="min", inclusive="left")
+    per_minute = per_minute.set_axis(pd.DatetimeIndex(per_minute.index).as_unit("ns"))
+    table = per_minute.reindex(minutes, fill_value=0)
+    integer = {c for c in table.columns if pd.api.types.is_integer_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c])}
+    for minute, values in zip(minutes, table.to_dict("records")):
+        context.add_asset_metadata(
+            {name: int(v) if name in integer else float(v) for name, v in values.items()},
+            partition_key=minute.strftime(PARTITION_FMT),
+        )
+
+
+def count_by_minute(frame: pd.DataFrame, column: str, values, prefix: str) -> pd.DataFrame:
+    """Rows per minute for each of ``values`` of ``column`` (e.g. severity_high), zeros included."""
+    counts = pd.crosstab(frame["minute"], frame[column]) if len(frame) else pd.DataFrame(index=pd.DatetimeIndex([]))
+    return counts.reindex(columns=list(values), fill_value=0).add_prefix(prefix).astype("int64")

@@ -1,12 +1,14 @@
 """btc/minute_aggregates: one row per minute, computed by Spark straight from the Parquet lake."""
 
 import dagster as dg
+import pandas as pd
 
 from btc_anomaly_assets.defs.common import (
     DUCKDB_POOL,
     MINUTE_AGGREGATES,
     OWNERS,
     RAW_TRANSACTIONS,
+    add_minute_metadata,
     column_schema,
     markdown_preview,
     window_of,
@@ -67,13 +69,18 @@ def minute_aggregates(
     stored = wh.read_window(TABLE, MINUTE_AGGREGATE_COLUMNS, start, end)
     verdicts = evaluate_aggregate_checks(stored, lake.raw_transactions_path, start, end)
     busy = stored[stored["tx_count"] > 0]
+    by_minute = stored.set_index("minute")
+    add_minute_metadata(context, start, end, pd.DataFrame({
+        "dagster/row_count": by_minute["tx_count"].notna().astype("int64"),
+        "tx_count": by_minute["tx_count"].astype("int64"),
+        "value_moved_btc": by_minute["total_value_btc"].fillna(0.0).astype(float),
+        "fan_out_10_count": by_minute["fan_out_10_count"].astype("int64"),
+    }))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(stored),
-            "tx_count": int(stored["tx_count"].sum()),
-            "value_moved_btc": float(stored["total_value_btc"].fillna(0).sum()),
-            "minutes_with_transactions": len(busy),
-            "empty_minutes": int(len(stored) - len(busy)),
+            "window_tx_count": int(stored["tx_count"].sum()),
+            "window_minutes_with_transactions": len(busy),
+            "window_empty_minutes": int(len(stored) - len(busy)),
             "time_basis": ", ".join(sorted(busy["time_basis"].dropna().unique())) or "none",
             "spark": connect_endpoint_label(pyspark.engine) if pyspark.engine.startswith("sc://") else pyspark.engine,
             "preview": markdown_preview(busy[["minute", "tx_count", "block_count", "total_value_btc", "max_value_btc",

@@ -14,7 +14,9 @@ from btc_anomaly_assets.defs.common import (
     MINUTE_AGGREGATES,
     OWNERS,
     RAW_TRANSACTIONS,
+    add_minute_metadata,
     column_schema,
+    count_by_minute,
     markdown_preview,
     window_of,
 )
@@ -36,11 +38,6 @@ EVERY_MINUTE_SCORED = "every_minute_scored_once"
 Z_SCORES_FINITE = "z_scores_finite"
 MEMBERS_IN_RAW = "cluster_members_exist_in_raw"
 FLAGGED = ("medium", "high")
-
-
-def _severity_counts(frame: pd.DataFrame) -> dict:
-    counts = frame["severity"].value_counts()
-    return {f"severity_{s}": int(counts.get(s, 0)) for s in SEVERITIES}
 
 
 @dg.asset(
@@ -89,14 +86,16 @@ def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettin
     if scored_once and finite:
         minutes = int((end - start).total_seconds() // 60)
         delivered = deliver_in_run(wh, alerts, "ewma_anomalies", minutes, start, end, context.log)
+    add_minute_metadata(context, start, end, pd.concat([
+        scored.groupby("minute").size().rename("dagster/row_count"),
+        flagged.groupby("minute").size().rename("anomaly_count"),
+        count_by_minute(scored, "severity", SEVERITIES, "severity_"),
+    ], axis=1).fillna(0).astype("int64"))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(scored),
             "alerts_in_run": ", ".join(f"{n} {status}" for status, n in sorted(delivered.items())) or "none",
             "mode": detection.mode,
-            "anomaly_count": len(flagged),
-            "flagged_minutes": int(flagged["minute"].nunique()),
-            **_severity_counts(scored),
+            "window_flagged_minutes": int(flagged["minute"].nunique()),
             "flagged_preview": markdown_preview(flagged[["minute", "metric", "value", "baseline", "z_score", "severity", "rule"]]),
         },
         check_results=[
@@ -146,15 +145,17 @@ def coordinated_clusters(context: dg.AssetExecutionContext, detection: Detection
     known = set(zip(in_window["minute"], in_window["hash"]))
     orphans = [(m, h) for m, members in zip(clusters["minute"], clusters["member_hashes"]) for h in members if (m, h) not in known]
     flagged = clusters[clusters["severity"].isin(FLAGGED)]
+    add_minute_metadata(context, start, end, pd.concat([
+        clusters.groupby("minute").size().rename("dagster/row_count"),
+        flagged.groupby("minute").size().rename("flagged_clusters"),
+        count_by_minute(clusters, "severity", SEVERITIES, "severity_"),
+        count_by_minute(clusters, "pattern", sorted(clusters["pattern"].unique()), "pattern_"),
+    ], axis=1).fillna(0).astype("int64"))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(clusters),
             "mode": detection.mode,
             "label_preset": detection.label_preset,
-            "cluster_count": len(clusters),
-            "flagged_clusters": len(flagged),
-            **_severity_counts(clusters),
-            **{f"pattern_{p}": int(n) for p, n in clusters["pattern"].value_counts().items()},
+            "window_clusters": len(clusters),
             "flagged_preview": markdown_preview(flagged[["minute", "pattern", "tx_count", "total_value_btc", "score", "severity",
                                                          "sample_tx_hash"]]),
         },

@@ -11,6 +11,7 @@ from btc_anomaly_assets.defs.common import (
     DUCKDB_POOL,
     EWMA_ANOMALIES,
     OWNERS,
+    add_minute_metadata,
     column_schema,
     markdown_preview,
     window_of,
@@ -131,11 +132,14 @@ def anomaly_explanations(context: dg.AssetExecutionContext, explainer: Explainer
     sources = sorted(stored["source"].dropna().unique())
     if "rules" in sources:
         context.log.warning("ANTHROPIC_API_KEY is not set: explanations come from the rule-based explainer (source = rules)")
+    add_minute_metadata(context, start, end, pd.concat([
+        stored.groupby("minute").size().rename("dagster/row_count"),
+        stored[stored["status"] == "ok"].groupby("minute").size().rename("explained"),
+    ], axis=1).fillna(0).astype("int64"))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(stored),
             "explained_this_run": len(written),
-            "flagged_items": len(flagged),
+            "window_flagged_items": len(flagged),
             "sources": ", ".join(sources) or "none",
             "model": ", ".join(sorted(stored["model_id"].dropna().unique())) or "none",
             "pending_batches": len(still_pending),

@@ -10,7 +10,9 @@ from btc_anomaly_assets.defs.common import (
     DUCKDB_POOL,
     MINUTE_AGGREGATES,
     OWNERS,
+    PARTITION_FMT,
     TRANSACTION_FORECAST,
+    add_minute_metadata,
     column_schema,
     markdown_preview,
     window_of,
@@ -83,8 +85,9 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
         context.log.warning(f"no forecast at {end}: {reason}")
         wh.replace_window(TABLE, TRANSACTION_FORECAST_COLUMNS, pd.DataFrame(columns=[c.name for c in TRANSACTION_FORECAST_COLUMNS]),
                           start, end)
+        add_minute_metadata(context, start, end, pd.DataFrame({"dagster/row_count": pd.Series(dtype="int64")}))
         return dg.MaterializeResult(
-            metadata={"dagster/row_count": 0, "note": f"no forecast: {reason}"},
+            metadata={"note": f"no forecast: {reason}"},
             check_results=[dg.AssetCheckResult(check_name=FORECAST_QUALITY, passed=True, metadata={"note": f"no forecast: {reason}"})],
         )
     try:
@@ -115,17 +118,20 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
     _store_excursions(wh, excursions, start, end)
 
     check = _quality_check(quality, label, previous, config.min_coverage)
+    # The forecast belongs to the window's last minute (its cutoff); the other minutes of a range hold none.
+    add_minute_metadata(context, start, end, pd.DataFrame({"dagster/row_count": [len(stored)]}, index=[end - timedelta(minutes=1)]))
+    context.add_asset_metadata({
+        "history_points": len(series),
+        "yhat_first": float(stored["yhat"].iloc[0]),
+        "yhat_last": float(stored["yhat"].iloc[-1]),
+        "forecast_mape_pct": float(quality["mape"]) if quality and quality["mape"] is not None else float("nan"),
+        "forecast_coverage": float(quality["coverage"]) if quality and quality["coverage"] is not None else float("nan"),
+        "excursions": len(excursions),
+    }, partition_key=(end - timedelta(minutes=1)).strftime(PARTITION_FMT))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(stored),
             "cutoff": str(stored["cutoff"].iloc[0]),
             "series": str(stored["series"].iloc[0]),
-            "history_points": len(series),
-            "yhat_first": float(stored["yhat"].iloc[0]),
-            "yhat_last": float(stored["yhat"].iloc[-1]),
-            "forecast_mape_pct": float(quality["mape"]) if quality and quality["mape"] is not None else float("nan"),
-            "forecast_coverage": float(quality["coverage"]) if quality and quality["coverage"] is not None else float("nan"),
-            "excursions": len(excursions),
             "preview": markdown_preview(stored[["ds", "step", "yhat", "yhat_lower", "yhat_upper"]], limit=30),
         },
         check_results=[check],

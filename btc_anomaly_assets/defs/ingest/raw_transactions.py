@@ -4,8 +4,16 @@
 from datetime import timezone
 
 import dagster as dg
+import pandas as pd
 
-from btc_anomaly_assets.defs.common import OWNERS, RAW_TRANSACTIONS, column_schema, markdown_preview, window_of
+from btc_anomaly_assets.defs.common import (
+    OWNERS,
+    RAW_TRANSACTIONS,
+    add_minute_metadata,
+    column_schema,
+    markdown_preview,
+    window_of,
+)
 from btc_anomaly_assets.lib.lake import read_raw_window, write_raw_window
 from btc_anomaly_assets.lib.raw_checks import RAW_CHECK_DESCRIPTIONS, evaluate_raw_checks
 from btc_anomaly_assets.lib.schema import RAW_TRANSACTION_COLUMNS, SATOSHI_PER_BTC
@@ -43,15 +51,20 @@ def raw_transactions(context: dg.AssetExecutionContext, source: TransactionSourc
     verdicts = evaluate_raw_checks(stored, start, end, batch.reported_rows)
     bases = sorted(stored["time_basis"].dropna().unique().tolist())
     context.log.info(f"{len(stored):,} transactions from {batch.source} ({batch.detail}) for [{start}, {end})")
+    minute = stored.assign(value_btc=stored["output_total"] / SATOSHI_PER_BTC,
+                           block=stored["block_id"].where(stored["block_id"] >= 0)).groupby("minute")
+    add_minute_metadata(context, start, end, pd.DataFrame({
+        "dagster/row_count": minute.size(),
+        "value_moved_btc": minute["value_btc"].sum().round(2),
+        "blocks": minute["block"].nunique(),
+    }))
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(stored),
+            "window_rows": len(stored),
             "source": batch.source,
             "source_detail": batch.detail,
             "time_basis": ", ".join(bases) or "none",
-            "minutes_with_rows": int(stored["minute"].nunique()),
-            "blocks": int(stored.loc[stored["block_id"] >= 0, "block_id"].nunique()),
-            "value_moved_btc": round(float(stored["output_total"].sum() / SATOSHI_PER_BTC), 2),
+            "window_minutes_with_rows": int(stored["minute"].nunique()),
             "window_start": dg.MetadataValue.timestamp(start.replace(tzinfo=timezone.utc)),
             "window_end": dg.MetadataValue.timestamp(end.replace(tzinfo=timezone.utc)),
             **{f"source_{k}": v for k, v in batch.figures.items()},
