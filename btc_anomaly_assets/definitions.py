@@ -54,7 +54,8 @@ def build_resources() -> dict:
             deliver_in_run=settings.is_on("BTC_ALERT_IN_RUN"),
         ),
         # A dict-valued Spark config cannot hold EnvVars; SPARK_* are not secrets, so they are read here.
-        "pyspark": build_pyspark_resource(settings.env_value("SPARK_MASTER"), settings.env_value("SPARK_REMOTE")),
+        "pyspark": build_pyspark_resource(settings.env_value("SPARK_MASTER"), settings.env_value("SPARK_REMOTE"),
+                                          settings.env_value("SPARK_DRIVER_MEMORY")),
     }
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
 
@@ -80,11 +81,16 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if len(events) == 1:
             self.store_event(events[0])
             return
+        rows = [self._event_to_row(event) for event in events]  # serialized once, stored in both shards
         with self.run_connection(events[0].run_id) as conn:
-            for event in events:
-                conn.execute(self.prepare_insert_event(event))
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
         with self.index_transaction() as conn:
-            event_ids = [conn.execute(self.prepare_insert_event(event)).inserted_primary_key[0] for event in events]
+            if conn.dialect.insert_executemany_returning_sort_by_parameter_order:  # SQLite >= 3.35
+                inserted = conn.execute(
+                    SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True), rows)
+                event_ids = [row.id for row in inserted]
+            else:
+                event_ids = [conn.execute(SqlEventLogStorageTable.insert().values(**row)).inserted_primary_key[0] for row in rows]
             self._store_asset_event_tags(conn, events, event_ids)
             for event, event_id in _last_event_per_asset_and_type(events, event_ids):
                 self._store_asset_event(conn, event, event_id)

@@ -56,6 +56,22 @@ def test_whole_13_aug_file(day13):
     assert day13.duplicates_dropped == 0 and day13.files_stopped_early == [] and day13.missing_dates == []
 
 
+def test_typing_in_chunks_gives_the_same_frame_and_names_the_line_of_a_bad_value(day13, monkeypatch, tmp_path):
+    from btc_anomaly_assets.lib import blockchair_dump
+
+    monkeypatch.setattr(blockchair_dump, "TYPE_EVERY_ROWS", 1_000)  # 55 chunks instead of one
+    chunked = read_dump_window(DUMP_DIR, datetime(2025, 8, 13), datetime(2025, 8, 14))
+    pd.testing.assert_frame_equal(chunked.frame, day13.frame)
+    assert chunked.rows_in_window == day13.rows_in_window
+
+    lines = _lines(FILE_13, 5_000)
+    lines[2_500] = _with_field(lines[2_500], lines[0].split("\t").index("fee"), "-5")
+    _write(tmp_path / FILE_13.name, lines)
+    with pytest.raises(DumpFormatError, match="line 2501") as raised:
+        read_dump_window(tmp_path, datetime(2025, 8, 13), datetime(2025, 8, 14))
+    assert raised.value.line == 2_501 and raised.value.field == "fee"
+
+
 def test_whole_14_aug_file():
     result = read_dump_window(DUMP_DIR, datetime(2025, 8, 14), datetime(2025, 8, 15))
     assert len(result.frame) == 27_763

@@ -143,15 +143,15 @@ def read_dump_window(
     for path in selected:
         scan = _scan_file(path, start, end, log)
         rows_scanned += scan.rows_scanned
-        rows_in_window += len(scan.rows)
+        rows_in_window += scan.rows_in_window
         if scan.stopped_early:
             stopped_early.append(str(path))
-        frames.append(_to_frame(path, scan))
+        frames.extend(scan.frames)
         log.info(
             "read %s: %d rows scanned, %d in window%s",
             path.name,
             scan.rows_scanned,
-            len(scan.rows),
+            scan.rows_in_window,
             " (stopped early: median block time past window end)" if scan.stopped_early else "",
         )
     frame = concat_raw_frames(frames)
@@ -202,11 +202,14 @@ def _days_touched(start: datetime, end: datetime) -> list[date]:
 
 @dataclass
 class _FileScan:
-    header: list[str]
-    rows: list[list[str]]
-    line_numbers: list[int]
+    frames: list[pd.DataFrame]  # typed raw frames, one per chunk of in-window rows
+    rows_in_window: int
     rows_scanned: int
     stopped_early: bool
+
+
+# In-window rows are typed every this many rows: a day held as text fields took ~1 GB of Python strings.
+TYPE_EVERY_ROWS = 50_000
 
 
 class _MedianTimeStop:
@@ -279,6 +282,16 @@ def _scan_file(path: Path, start: datetime, end: datetime, log: logging.Logger) 
 
     rows: list[list[str]] = []
     line_numbers: list[int] = []
+    frames: list[pd.DataFrame] = []
+    rows_in_window = 0
+    header: list[str] = []
+
+    def type_rows() -> None:
+        nonlocal rows, line_numbers
+        if rows:
+            frames.append(_to_frame(path, header, rows, line_numbers))
+            rows, line_numbers = [], []
+
     stopper = _MedianTimeStop(end, path, log)
     stopped_early = False
     try:
@@ -307,6 +320,9 @@ def _scan_file(path: Path, start: datetime, end: datetime, log: logging.Logger) 
                 if start <= moment < end:
                     rows.append(fields)
                     line_numbers.append(line_number)
+                    rows_in_window += 1
+                    if len(rows) >= TYPE_EVERY_ROWS:
+                        type_rows()
     except EOFError:
         raise DumpFormatError(
             f"{path}, line {line_number + 1}: gzip stream is truncated (ended before the end-of-stream marker); "
@@ -322,10 +338,10 @@ def _scan_file(path: Path, start: datetime, end: datetime, log: logging.Logger) 
         raise DumpFormatError(
             f"{path}, line {line_number + 1}: not valid UTF-8 ({exc.reason})", path=path, line=line_number + 1
         ) from None
+    type_rows()
     return _FileScan(
-        header=header,
-        rows=rows,
-        line_numbers=line_numbers,
+        frames=frames,
+        rows_in_window=rows_in_window,
         rows_scanned=max(line_number - 1, 0),
         stopped_early=stopped_early,
     )
@@ -358,8 +374,8 @@ def _parse_block_id(path: Path, line_number: int, text: str) -> int:
         ) from None
 
 
-def _to_frame(path: Path, scan: _FileScan) -> pd.DataFrame:
-    text_rows = pd.DataFrame(scan.rows, columns=scan.header, index=pd.Index(scan.line_numbers, name="line"))
+def _to_frame(path: Path, header: list[str], rows: list[list[str]], line_numbers: list[int]) -> pd.DataFrame:
+    text_rows = pd.DataFrame(rows, columns=header, index=pd.Index(line_numbers, name="line"))
     try:
         return to_raw_frame(text_rows, time_basis=TIME_BASIS_BLOCK, where=str(path))
     except RawDataError as exc:

@@ -15,7 +15,8 @@ from btc_anomaly_assets.lib.spark_session import DEFAULT_MASTER, SparkSettings, 
 CLASSIC_CONF = {
     "spark.sql.shuffle.partitions": "8",  # the default 200 tasks cost more than the work on 2 cores
     "spark.ui.showConsoleProgress": "false",
-    "spark.driver.memory": "1g",  # a day (~450k rows) aggregates well inside 1 GB; keeps the whole run under 1.5 GB
+    # Serial GC: no G1 regions/remembered sets for a small, short-lived driver heap (0.70 -> 0.63 GB resident in the day benchmark).
+    "spark.driver.extraJavaOptions": "-XX:+UseSerialGC",
     "spark.log.level": "ERROR",  # Spark's WARN lines (window without partition on a tiny grid, plan truncation) are noise here
 }
 
@@ -42,11 +43,17 @@ class SparkResource(LazyPySparkResource):
         return self.spark_config.get("spark.remote") or self.spark_config.get("spark.master") or DEFAULT_MASTER
 
 
-def spark_config(master: str | None, remote: str | None) -> dict[str, str]:
+# A day (~450k rows) aggregates well inside 512 MB of heap; the JVM then stays near 0.5 GB resident,
+# which keeps a whole-day backfill (Python + JVM) under 1.5 GB. SPARK_DRIVER_MEMORY raises it.
+DEFAULT_DRIVER_MEMORY = "512m"
+
+
+def spark_config(master: str | None, remote: str | None, driver_memory: str | None = None) -> dict[str, str]:
     if remote:
         return {"spark.remote": remote}
-    return {"spark.master": master or DEFAULT_MASTER, "spark.app.name": "btc-anomaly-assets", **CLASSIC_CONF}
+    return {"spark.master": master or DEFAULT_MASTER, "spark.app.name": "btc-anomaly-assets", **CLASSIC_CONF,
+            "spark.driver.memory": driver_memory or DEFAULT_DRIVER_MEMORY}
 
 
-def build_pyspark_resource(master: str | None, remote: str | None) -> SparkResource:
-    return SparkResource(spark_config=spark_config(master, remote))
+def build_pyspark_resource(master: str | None, remote: str | None, driver_memory: str | None = None) -> SparkResource:
+    return SparkResource(spark_config=spark_config(master, remote, driver_memory))

@@ -141,9 +141,9 @@ def coordinated_clusters(context: dg.AssetExecutionContext, detection: Detection
     wh = warehouse.get()
     wh.replace_window("coordinated_clusters", COORDINATED_CLUSTER_COLUMNS, clusters, start, end)
 
-    in_window = raw[(raw["minute"] >= pd.Timestamp(start)) & (raw["minute"] < pd.Timestamp(end))]
-    known = set(zip(in_window["minute"], in_window["hash"]))
-    orphans = [(m, h) for m, members in zip(clusters["minute"], clusters["member_hashes"]) for h in members if (m, h) not in known]
+    members = clusters[["minute", "member_hashes"]].explode("member_hashes").dropna().rename(columns={"member_hashes": "hash"})
+    found = members.merge(raw[["minute", "hash"]].drop_duplicates(), on=["minute", "hash"], how="left", indicator=True)
+    orphans = list(found.loc[found["_merge"] == "left_only", ["minute", "hash"]].itertuples(index=False, name=None))
     flagged = clusters[clusters["severity"].isin(FLAGGED)]
     add_minute_metadata(context, start, end, pd.concat([
         clusters.groupby("minute").size().rename("dagster/row_count"),

@@ -13,6 +13,7 @@ from btc_anomaly_assets.defs.common import (
     PARTITION_FMT,
     TRANSACTION_FORECAST,
     add_minute_metadata,
+    add_partition_metadata,
     column_schema,
     markdown_preview,
     window_of,
@@ -120,14 +121,14 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
     check = _quality_check(quality, label, previous, config.min_coverage)
     # The forecast belongs to the window's last minute (its cutoff); the other minutes of a range hold none.
     add_minute_metadata(context, start, end, pd.DataFrame({"dagster/row_count": [len(stored)]}, index=[end - timedelta(minutes=1)]))
-    context.add_asset_metadata({
+    add_partition_metadata(context, {(end - timedelta(minutes=1)).strftime(PARTITION_FMT): {
         "history_points": len(series),
         "yhat_first": float(stored["yhat"].iloc[0]),
         "yhat_last": float(stored["yhat"].iloc[-1]),
         "forecast_mape_pct": float(quality["mape"]) if quality and quality["mape"] is not None else float("nan"),
         "forecast_coverage": float(quality["coverage"]) if quality and quality["coverage"] is not None else float("nan"),
         "excursions": len(excursions),
-    }, partition_key=(end - timedelta(minutes=1)).strftime(PARTITION_FMT))
+    }})
     return dg.MaterializeResult(
         metadata={
             "cutoff": str(stored["cutoff"].iloc[0]),

@@ -1,0 +1,35 @@
+"""Per-partition figures in range runs: each minute's own numbers, set without Dagster's quadratic check."""
+
+from datetime import datetime
+
+import dagster as dg
+import pandas as pd
+
+from btc_anomaly_assets.defs.common import add_minute_metadata, window_of
+
+MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
+                                            start=datetime(2025, 8, 13), end=datetime(2025, 8, 14))
+
+
+@dg.asset(partitions_def=MINUTES, backfill_policy=dg.BackfillPolicy.single_run())
+def counted(context: dg.AssetExecutionContext):
+    start, end = window_of(context)
+    busy = pd.DataFrame({"tx_count": [7, 3], "value_moved_btc": [1.5, 0.25]},
+                        index=[datetime(2025, 8, 13, 0, 5), datetime(2025, 8, 13, 0, 9)])
+    add_minute_metadata(context, start, end, busy)
+    return dg.MaterializeResult(metadata={"window_tx_count": 10})
+
+
+def test_each_partition_gets_its_own_minute_and_quiet_minutes_get_zero():
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([counted], instance=instance, tags={"dagster/asset_partition_range_start": "2025-08-13-00:00",
+                                                                    "dagster/asset_partition_range_end": "2025-08-13-00:59"})
+        warnings = [e for e in instance.all_logs(result.run_id) if e.level >= 30 and "public API" in (e.user_message or "")]
+    by_partition = {m.partition: {k: v.value for k, v in m.metadata.items()}
+                    for m in result.asset_materializations_for_node("counted")}
+    assert len(by_partition) == 60
+    assert by_partition["2025-08-13-00:05"] == {"window_tx_count": 10, "tx_count": 7, "value_moved_btc": 1.5}
+    assert by_partition["2025-08-13-00:09"]["tx_count"] == 3
+    assert by_partition["2025-08-13-00:06"] == {"window_tx_count": 10, "tx_count": 0, "value_moved_btc": 0.0}
+    assert isinstance(by_partition["2025-08-13-00:06"]["tx_count"], int)
+    assert warnings == []  # the fast path (not the quadratic public call) was used
