@@ -152,26 +152,25 @@ def _step_timeline(home: str) -> str:
 @pytest.fixture(scope="module")
 def concurrent_runs(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("concurrency")
-    env = _environment(tmp_path)
     logs = {name: tmp_path / f"{name}.log" for name in ("backfill", "live", "alerts")}
-
-    began = time.monotonic()
-    backfill = _start(RUN_PIPELINE, [json.dumps(BACKFILL_TAGS), ""], env, logs["backfill"])
-    live = _start(RUN_PIPELINE, [json.dumps(LIVE_TAGS), "backfill"], env, logs["live"])
-    try:
-        _finish(backfill, logs["backfill"], "the backfill process (A)")
-        _finish(live, logs["live"], "the live-minute process (B)")
-    finally:
-        for process in (backfill, live):
-            if process.poll() is None:
-                os.killpg(process.pid, 9)
-                process.wait()
-    runs_done = time.monotonic() - began
-    print(f"\nbackfill + live minute finished in {runs_done:.0f} s; step timeline:\n{_step_timeline(env['DAGSTER_HOME'])}")
-
+    # Every process posts to the same loopback Slack: the live minute sends its EWMA alerts from
+    # inside its run (BTC_ALERT_IN_RUN), the alert tick sends the rest.
     with FakeSlack() as slack:
-        alert_env = {**env, "SLACK_WEBHOOK_URL": slack.webhook_url}
-        _finish(_start(ALERT_TICK, [], alert_env, logs["alerts"]), logs["alerts"], "the alert-tick process")
+        env = _environment(tmp_path, SLACK_WEBHOOK_URL=slack.webhook_url)
+        began = time.monotonic()
+        backfill = _start(RUN_PIPELINE, [json.dumps(BACKFILL_TAGS), ""], env, logs["backfill"])
+        live = _start(RUN_PIPELINE, [json.dumps(LIVE_TAGS), "backfill"], env, logs["live"])
+        try:
+            _finish(backfill, logs["backfill"], "the backfill process (A)")
+            _finish(live, logs["live"], "the live-minute process (B)")
+        finally:
+            for process in (backfill, live):
+                if process.poll() is None:
+                    os.killpg(process.pid, 9)
+                    process.wait()
+        runs_done = time.monotonic() - began
+        print(f"\nbackfill + live minute finished in {runs_done:.0f} s; step timeline:\n{_step_timeline(env['DAGSTER_HOME'])}")
+        _finish(_start(ALERT_TICK, [], env, logs["alerts"]), logs["alerts"], "the alert-tick process")
         received = list(slack.received)
     data_dir = Path(env["BTC_DATA_DIR"])
     yield {"wh": Warehouse(str(data_dir / "warehouse.duckdb")), "lake": raw_path(str(data_dir / "lake")),
@@ -239,3 +238,11 @@ def test_every_sent_alert_reached_slack_once(concurrent_runs):
     by_status = dict(zip(statuses["status"], statuses["n"]))
     assert "failed" not in by_status, by_status
     assert len(concurrent_runs["slack"]) == by_status.get("sent", 0) >= 1
+
+
+def test_the_live_minute_sent_its_own_ewma_alerts_from_inside_its_run(concurrent_runs):
+    wh = concurrent_runs["wh"]
+    singles = wh.query(
+        "SELECT a.alert_id, e.minute FROM btc.alerts a JOIN btc.ewma_anomalies e ON e.anomaly_id = a.item_ids[1] "
+        "WHERE a.kind = 'single' AND a.status = 'sent'")
+    assert len(singles) >= 1 and {str(m) for m in singles["minute"]} == {"2025-08-13 02:19:00"}
