@@ -11,7 +11,7 @@ from btc_anomaly_assets.defs.detection.detectors import coordinated_clusters, ew
 from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
 from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
 from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
-from btc_anomaly_assets.defs.live.schedules import build_live_schedules
+from btc_anomaly_assets.defs.live.schedules import build_live_automation
 from btc_anomaly_assets.resources.alerts import AlertDestinationResource
 from btc_anomaly_assets.resources.claude import ExplainerResource
 from btc_anomaly_assets.resources.detection import DetectionSettings
@@ -68,13 +68,15 @@ pipeline_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+LIVE_SCHEDULES, LIVE_SENSORS = build_live_automation(pipeline_job)
+
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     # Runs launched from an asset page use the implicit asset job: keep its steps in one process,
     # like btc_pipeline (a subprocess per small step costs seconds each).
     executor=dg.in_process_executor,
     jobs=[pipeline_job, send_anomaly_alert],
-    schedules=build_live_schedules(pipeline_job),
-    sensors=[anomaly_alert_sensor, pipeline_failure_alert],
+    schedules=LIVE_SCHEDULES,
+    sensors=[anomaly_alert_sensor, pipeline_failure_alert, *LIVE_SENSORS],
     resources=build_resources(),
 )
