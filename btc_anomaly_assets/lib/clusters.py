@@ -296,7 +296,9 @@ def _burst(
 
 def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfig) -> list[dict]:
     basis = frame.attrs.get("time_basis")
-    frame = frame[~frame["is_coinbase"].astype(bool)].reset_index(drop=True)
+    frame = frame[~frame["is_coinbase"].astype(bool)]
+    # Sorted by minute (stable), each minute is one slice: per-minute work no longer scans the whole window.
+    frame = frame.iloc[np.argsort(frame["minute"].to_numpy(), kind="stable")].reset_index(drop=True)
     if frame.empty:
         return []
     shapes = classify_shapes(frame, config).to_numpy()
@@ -305,16 +307,18 @@ def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfi
     minutes_us = frame["minute"].to_numpy().astype("datetime64[us]").astype(np.int64)
     start_us = int(start.asm8.astype("datetime64[us]").astype(np.int64))
     shape_unit_counts = {pattern: _unit_counts(units, shapes == pattern) for pattern in SHAPE_PATTERNS}
-    signatures = frame[list(SIGNATURE_COLUMNS)].to_numpy(dtype=np.int64)
+    signatures = _Signatures(frame, units)
 
     rows: list[dict] = []
     for minute_us in np.unique(minutes_us[minutes_us >= start_us]):
-        in_minute = minutes_us == minute_us
+        first, last = np.searchsorted(minutes_us, [minute_us, minute_us + 1])
+        minute_rows = frame.iloc[first:last]
+        minute_shapes = shapes[first:last]
         past = _past_units(units, int(minute_us), lookback_us)
-        minute_size = int(in_minute.sum())
-        minute_units = int(np.unique(units.row_unit[in_minute]).size)
+        minute_size = int(last - first)
+        minute_units = int(np.unique(units.row_unit[first:last]).size)
         for pattern in SHAPE_PATTERNS:
-            selected = in_minute & (shapes == pattern)
+            selected = minute_shapes == pattern
             count = int(selected.sum())
             if count == 0 or (pattern in (PATTERN_FAN_IN, PATTERN_FAN_OUT) and count < config.burst_min_members):
                 continue
@@ -327,10 +331,27 @@ def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfi
                 expected_floor=config.burst_expected_floor,
                 config=config,
             )
-            label, label_note = _label(pattern, frame[selected], config)
-            rows.append(_cluster_row(config.mode, pattern, frame[selected], burst, label, label_note, basis))
-        rows.extend(_similar_bursts(frame, in_minute, signatures, units, past, minute_size, basis, config))
+            members = minute_rows[selected]
+            label, label_note = _label(pattern, members, config)
+            rows.append(_cluster_row(config.mode, pattern, members, burst, label, label_note, basis))
+        rows.extend(_similar_bursts(minute_rows, signatures.codes[first:last], signatures, units, past, minute_size, basis,
+                                    config))
     return rows
+
+
+class _Signatures:
+    """Each row's exact (inputs, outputs, output_total) signature as a code, and per code the rows holding it."""
+
+    def __init__(self, frame: pd.DataFrame, units: _Units):
+        self.codes = frame.groupby(list(SIGNATURE_COLUMNS), sort=False).ngroup().to_numpy()
+        self._order = np.argsort(self.codes, kind="stable")
+        self._bounds = np.searchsorted(self.codes[self._order], np.arange(self.codes.max() + 2 if len(self.codes) else 1))
+        self._units = units
+
+    def unit_counts(self, code: int) -> np.ndarray:
+        """Per unit, how many rows carry this signature (what ``_unit_counts`` gives for its mask)."""
+        rows = self._order[self._bounds[code]:self._bounds[code + 1]]
+        return np.bincount(self._units.row_unit[rows], minlength=self._units.unit_keys.size)
 
 
 def _label(pattern: str, members: pd.DataFrame, config: ClusterConfig) -> tuple[str, str]:
@@ -358,9 +379,9 @@ def _label(pattern: str, members: pd.DataFrame, config: ClusterConfig) -> tuple[
 
 
 def _similar_bursts(
-    frame: pd.DataFrame,
-    in_minute: np.ndarray,
-    signatures: np.ndarray,
+    minute_rows: pd.DataFrame,
+    minute_codes: np.ndarray,
+    signatures: _Signatures,
     units: _Units,
     past: np.ndarray,
     minute_size: int,
@@ -368,14 +389,17 @@ def _similar_bursts(
     config: ClusterConfig,
 ) -> list[dict]:
     """One cluster per exact (inputs, outputs, output_total) signature with enough members in the minute."""
-    candidates = pd.DataFrame(signatures[in_minute], columns=list(SIGNATURE_COLUMNS)).value_counts()
-    candidates = candidates[candidates >= config.burst_min_members]
+    codes, counts = np.unique(minute_codes, return_counts=True)
     rows = []
-    for signature, count in candidates.items():
-        same = (signatures == np.asarray(signature, dtype=np.int64)).all(axis=1)
-        history = _History(_unit_counts(units, same)[past], units.unit_sizes[past])
+    for code, count in zip(codes.tolist(), counts.tolist()):  # output order is set by _to_output_frame
+        if count < config.burst_min_members:
+            continue
+        same = minute_codes == code
+        first = minute_rows[same].iloc[0]
+        signature = tuple(int(first[c]) for c in SIGNATURE_COLUMNS)
+        history = _History(signatures.unit_counts(code)[past], units.unit_sizes[past])
         burst = _burst(
-            int(count), minute_size, 1, history, signature=True, expected_floor=config.similar_expected_floor, config=config
+            count, minute_size, 1, history, signature=True, expected_floor=config.similar_expected_floor, config=config
         )
         inputs, outputs, total = signature
         note = f"identical structure: {inputs} inputs, {outputs} outputs, output_total {total} sat"
@@ -384,9 +408,7 @@ def _similar_bursts(
             note += f"; dust-valued (mean output < {config.dust_output_sat} sat), capped at {config.dust_valued_burst_cap}"
             burst = _Burst(burst.score, burst.baseline, config.dust_valued_burst_cap, burst.note)
         rows.append(
-            _cluster_row(
-                config.mode, PATTERN_SIMILAR_BURST, frame[in_minute & same], burst, config.labels.similar_burst, note, basis
-            )
+            _cluster_row(config.mode, PATTERN_SIMILAR_BURST, minute_rows[same], burst, config.labels.similar_burst, note, basis)
         )
     return rows
 
