@@ -226,9 +226,9 @@ def _past_units(units: _Units, minute_us: int, lookback_us: int) -> np.ndarray:
     return np.flatnonzero((units.unit_minutes >= minute_us - lookback_us) & (units.unit_minutes < minute_us))
 
 
-def _unit_counts(units: _Units, mask: np.ndarray) -> np.ndarray:
-    """Per unit, how many rows are selected by ``mask``."""
-    return np.bincount(units.row_unit[mask], minlength=units.unit_keys.size)
+def _unit_counts(units: _Units, rows: np.ndarray) -> np.ndarray:
+    """Per unit, how many rows are selected by ``rows`` (a boolean mask or row indices)."""
+    return np.bincount(units.row_unit[rows], minlength=units.unit_keys.size)
 
 
 @dataclass(frozen=True)
@@ -345,13 +345,12 @@ class _Signatures:
     def __init__(self, frame: pd.DataFrame, units: _Units):
         self.codes = frame.groupby(list(SIGNATURE_COLUMNS), sort=False).ngroup().to_numpy()
         self._order = np.argsort(self.codes, kind="stable")
-        self._bounds = np.searchsorted(self.codes[self._order], np.arange(self.codes.max() + 2 if len(self.codes) else 1))
+        self._bounds = np.searchsorted(self.codes[self._order], np.arange(self.codes.max() + 2))  # frame is not empty
         self._units = units
 
     def unit_counts(self, code: int) -> np.ndarray:
-        """Per unit, how many rows carry this signature (what ``_unit_counts`` gives for its mask)."""
-        rows = self._order[self._bounds[code]:self._bounds[code + 1]]
-        return np.bincount(self._units.row_unit[rows], minlength=self._units.unit_keys.size)
+        """Per unit, how many rows carry this signature."""
+        return _unit_counts(self._units, self._order[self._bounds[code]:self._bounds[code + 1]])
 
 
 def _label(pattern: str, members: pd.DataFrame, config: ClusterConfig) -> tuple[str, str]:
@@ -394,9 +393,8 @@ def _similar_bursts(
     for code, count in zip(codes.tolist(), counts.tolist()):  # output order is set by _to_output_frame
         if count < config.burst_min_members:
             continue
-        same = minute_codes == code
-        first = minute_rows[same].iloc[0]
-        signature = tuple(int(first[c]) for c in SIGNATURE_COLUMNS)
+        members = minute_rows[minute_codes == code]
+        signature = tuple(int(members[c].iloc[0]) for c in SIGNATURE_COLUMNS)
         history = _History(signatures.unit_counts(code)[past], units.unit_sizes[past])
         burst = _burst(
             count, minute_size, 1, history, signature=True, expected_floor=config.similar_expected_floor, config=config
@@ -408,7 +406,7 @@ def _similar_bursts(
             note += f"; dust-valued (mean output < {config.dust_output_sat} sat), capped at {config.dust_valued_burst_cap}"
             burst = _Burst(burst.score, burst.baseline, config.dust_valued_burst_cap, burst.note)
         rows.append(
-            _cluster_row(config.mode, PATTERN_SIMILAR_BURST, minute_rows[same], burst, config.labels.similar_burst, note, basis)
+            _cluster_row(config.mode, PATTERN_SIMILAR_BURST, members, burst, config.labels.similar_burst, note, basis)
         )
     return rows
 
