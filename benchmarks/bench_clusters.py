@@ -22,8 +22,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.synthetic import DAY, synthetic_day  # noqa: E402
-from btc_anomaly_assets.lib.clusters import detect_coordinated_clusters  # noqa: E402
-from btc_anomaly_assets.lib.schema import TIME_BASIS_FIRST_SEEN  # noqa: E402
+from btc_anomaly_assets.common.schema import TIME_BASIS_FIRST_SEEN  # noqa: E402
+from btc_anomaly_assets.detection.clusters import detect_coordinated_clusters  # noqa: E402
 
 
 def first_seen_version(day: pd.DataFrame, seed: int = 3) -> pd.DataFrame:

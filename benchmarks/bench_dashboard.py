@@ -16,18 +16,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btc_anomaly_assets.dashboard import app as dash_app
-from btc_anomaly_assets.dashboard import queries as q
-from btc_anomaly_assets.lib.explain_prompt import ANOMALY_EXPLANATION_COLUMNS
-from btc_anomaly_assets.lib.schema import (
+from btc_anomaly_assets.common.schema import (
     COORDINATED_CLUSTER_COLUMNS,
     EWMA_ANOMALY_COLUMNS,
     MINUTE_AGGREGATE_COLUMNS,
     TRANSACTION_FORECAST_COLUMNS,
     column_names,
 )
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.report import write_report
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.dashboard import app as dash_app
+from btc_anomaly_assets.dashboard import queries as q
+from btc_anomaly_assets.dashboard.report import write_report
+from btc_anomaly_assets.explain.prompt import ANOMALY_EXPLANATION_COLUMNS
 
 METRICS = ("tx_count", "log10_total_value_btc", "log10_max_value_btc", "log10_median_fee_rate_sat_vb",
            "log10_p90_fee_rate_sat_vb", "log10_p99_fee_rate_sat_vb")

@@ -101,8 +101,8 @@ def step_breakdown(dagster_home: Path) -> tuple[list[tuple[str, float]], int]:
 
 
 def duckdb_floor(lake: Path) -> tuple[float, int]:
-    from btc_anomaly_assets.lib.aggregates_sql import TRAILING_MINUTES, aggregate_minutes_duckdb
-    from btc_anomaly_assets.lib.lake import raw_path
+    from btc_anomaly_assets.aggregates.aggregates_sql import TRAILING_MINUTES, aggregate_minutes_duckdb
+    from btc_anomaly_assets.common.lake import raw_path
 
     glob = f"{raw_path(str(lake))}/*/*/*.parquet"
     began = time.monotonic()
@@ -136,7 +136,7 @@ def main() -> None:
     env.pop("DAGSTER_HOME", None)
     env.pop("ANTHROPIC_API_KEY", None)
     start_key, end_key = f"{DAY:%Y-%m-%d}-00:00", f"{DAY + timedelta(days=1):%Y-%m-%d}-00:00"
-    wall, peak, peaks, output = run_with_peak([sys.executable, "-m", "btc_anomaly_assets.cli", "backfill", start_key, end_key], env)
+    wall, peak, peaks, output = run_with_peak([sys.executable, "-m", "btc_anomaly_assets.cli.main", "backfill", start_key, end_key], env)
     steps, events = step_breakdown(work / "data" / "dagster_home")
     floor, floor_rows = duckdb_floor(work / "data" / "lake")
 

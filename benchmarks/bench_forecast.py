@@ -1,4 +1,4 @@
-"""Fit/predict times and interval coverage of ``btc_anomaly_assets.lib.forecast`` (prints figures).
+"""Fit/predict times and interval coverage of ``btc_anomaly_assets.forecast.model`` (prints figures).
 
 Real data: the 13-14 Aug 2025 Blockchair dumps (block time -> trailing-60-minute rate), scored
 with rolling origins every 10 minutes against the next 30 minutes. Synthetic: a first-seen
@@ -17,9 +17,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
-from btc_anomaly_assets.lib.raw_frames import to_raw_frame
-from btc_anomaly_assets_tests.shared_data import SHARED_DATA
+from btc_anomaly_assets.aggregates.aggregates_sql import aggregate_minutes_duckdb
+from btc_anomaly_assets.ingest.raw_frames import to_raw_frame
+from btc_anomaly_testing.shared_data import SHARED_DATA
 
 WINDOWS = [
     ("blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz", datetime(2025, 8, 13), datetime(2025, 8, 13, 3)),
@@ -60,9 +60,10 @@ def rolling_origin(series: pd.DataFrame, forecast, label: str) -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    from btc_anomaly_assets.lib import forecast
     import cmdstanpy
     import prophet  # noqa: F401 - time the import the first fit pays
+
+    from btc_anomaly_assets.forecast import model as forecast
 
     # cmdstanpy installs its own INFO handler on first use; create it now, then quiet it.
     cmdstanpy.utils.get_logger().setLevel(logging.WARNING)

@@ -10,10 +10,10 @@ import statistics
 import time
 from datetime import datetime
 
-from btc_anomaly_assets.lib.blockchair_api import BlockchairClient
-from btc_anomaly_assets.lib.blockchair_dump import read_dump_window
-from btc_anomaly_assets_tests.fakes.blockchair_server import FakeBlockchair, load_dump_rows
-from btc_anomaly_assets_tests.shared_data import SHARED_DATA
+from btc_anomaly_assets.ingest.blockchair_api import BlockchairClient
+from btc_anomaly_assets.ingest.blockchair_dump import read_dump_window
+from btc_anomaly_testing.fakes.blockchair_server import FakeBlockchair, load_dump_rows
+from btc_anomaly_testing.shared_data import SHARED_DATA
 
 DUMP_DIR = SHARED_DATA / "blockchair_tsv_2025-08"
 FILE_14 = DUMP_DIR / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"

@@ -50,16 +50,16 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
-from btc_anomaly_assets.cli import dagster_yaml  # noqa: E402
-from btc_anomaly_assets.resources.sources import sample_dir  # noqa: E402
-from btc_anomaly_assets_tests.fakes.blockchair_server import (  # noqa: E402
+from btc_anomaly_assets.ingest.resources import sample_dir  # noqa: E402
+from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml  # noqa: E402
+from btc_anomaly_testing.fakes.blockchair_server import (  # noqa: E402
     MEMPOOL_PATH,
     FakeBlockchair,
     as_mempool_rows,
     load_dump_rows,
 )
-from btc_anomaly_assets_tests.fakes.loopback import LoopbackServer, Reply, Request  # noqa: E402
-from btc_anomaly_assets_tests.fakes.slack_server import FakeSlack  # noqa: E402
+from btc_anomaly_testing.fakes.loopback import LoopbackServer, Reply, Request  # noqa: E402
+from btc_anomaly_testing.fakes.slack_server import FakeSlack  # noqa: E402
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 KEY_FORMAT = "%Y-%m-%d-%H:%M"
@@ -257,7 +257,7 @@ def wait_for_webserver(port: int, process: subprocess.Popen, log: Path, timeout:
 def run_history_backfill(env: dict[str, str], start: datetime, end: datetime, log: Path) -> float:
     began = time.monotonic()
     with open(log, "wb") as stream:
-        done = subprocess.run([sys.executable, "-m", "btc_anomaly_assets.cli", "backfill", start.strftime(KEY_FORMAT),
+        done = subprocess.run([sys.executable, "-m", "btc_anomaly_assets.cli.main", "backfill", start.strftime(KEY_FORMAT),
                                end.strftime(KEY_FORMAT)], cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise SystemExit(f"the history backfill failed ({done.returncode}); see {log}")
@@ -344,7 +344,7 @@ def collect(home: Path, warehouse_path: Path, measured: list[datetime], whales: 
     inside the live run (``BTC_ALERT_IN_RUN``) or by an alert run the sensor launched."""
     import dagster as dg
 
-    from btc_anomaly_assets.lib.warehouse import Warehouse
+    from btc_anomaly_assets.common.warehouse import Warehouse
 
     wh = Warehouse(str(warehouse_path))
     alerts = wh.query("SELECT alert_id, text, item_ids FROM btc.alerts WHERE status = 'sent'")
@@ -504,7 +504,7 @@ def print_report(label: str, results: list[AlertedMinute], notes: dict, mempool:
 
 
 def measure(spark: str, args, workdir: Path) -> dict:
-    from btc_anomaly_assets.lib.spark_session import start_local_connect_server
+    from btc_anomaly_assets.aggregates.spark_session import start_local_connect_server
 
     home, data = workdir / "dagster_home", workdir / "data"
     home.mkdir(parents=True)

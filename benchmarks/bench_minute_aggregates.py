@@ -35,15 +35,15 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from btc_anomaly_assets.lib.aggregates_sql import TRAILING_MINUTES, aggregate_minutes_duckdb  # noqa: E402
-from btc_anomaly_assets.lib.lake import raw_path, write_raw_window  # noqa: E402
-from btc_anomaly_assets.lib.spark_aggregates import aggregate_minutes_spark  # noqa: E402
-from btc_anomaly_assets.lib.spark_session import (  # noqa: E402
+from benchmarks.synthetic import DAY, synthetic_day  # noqa: E402
+from btc_anomaly_assets.aggregates.aggregates_sql import TRAILING_MINUTES, aggregate_minutes_duckdb  # noqa: E402
+from btc_anomaly_assets.aggregates.spark_aggregates import aggregate_minutes_spark  # noqa: E402
+from btc_anomaly_assets.aggregates.spark_session import (  # noqa: E402
     SparkSettings,
     build_spark_session,
     start_local_connect_server,
 )
-from benchmarks.synthetic import DAY, synthetic_day  # noqa: E402
+from btc_anomaly_assets.common.lake import raw_path, write_raw_window  # noqa: E402
 
 SPARK_CONF = {
     "spark.ui.enabled": "false",
@@ -78,12 +78,12 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     engine, lake, start, end, remote = sys.argv[1:6]
     start, end = datetime.fromisoformat(start), datetime.fromisoformat(end)
     if engine == "connect":
-        from btc_anomaly_assets.lib.spark_session import SparkSettings, build_spark_session
-        from btc_anomaly_assets.lib.spark_aggregates import aggregate_minutes_spark
+        from btc_anomaly_assets.aggregates.spark_session import SparkSettings, build_spark_session
+        from btc_anomaly_assets.aggregates.spark_aggregates import aggregate_minutes_spark
         spark = build_spark_session(SparkSettings(remote=remote))
         frame = aggregate_minutes_spark(spark, lake, start, end)
     else:
-        from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
+        from btc_anomaly_assets.aggregates.aggregates_sql import aggregate_minutes_duckdb
         frame = aggregate_minutes_duckdb(lake, start, end)
     assert len(frame) == 1
     """

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from btc_anomaly_assets.lib.schema import BLOCKCHAIR_FIELDS
-from btc_anomaly_assets_tests.real_data import real_raw
+from btc_anomaly_assets.common.schema import BLOCKCHAIR_FIELDS
+from btc_anomaly_testing.real_data import real_raw
 
 DAY = datetime(2025, 8, 20)
 

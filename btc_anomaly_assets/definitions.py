@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import dagster as dg
 
-from btc_anomaly_assets import settings
-from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
-from btc_anomaly_assets.defs.alerts.anomaly_alerts import anomaly_alert_sensor, pipeline_failure_alert, send_anomaly_alert
-from btc_anomaly_assets.defs.detection.detectors import coordinated_clusters, ewma_anomalies
-from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
-from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
-from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
-from btc_anomaly_assets.defs.live.schedules import build_live_automation
-from btc_anomaly_assets.resources.alerts import AlertDestinationResource
-from btc_anomaly_assets.resources.claude import ExplainerResource
-from btc_anomaly_assets.resources.detection import DetectionSettings
-from btc_anomaly_assets.resources.spark import build_pyspark_resource
-from btc_anomaly_assets.resources.sources import TransactionSource
-from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
+from btc_anomaly_assets.aggregates.assets import minute_aggregates
+from btc_anomaly_assets.aggregates.resources import build_pyspark_resource
+from btc_anomaly_assets.alerts.resources import AlertDestinationResource
+from btc_anomaly_assets.alerts.sensors import anomaly_alert_sensor, pipeline_failure_alert, send_anomaly_alert
+from btc_anomaly_assets.common import settings
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
+from btc_anomaly_assets.detection.assets import coordinated_clusters, ewma_anomalies
+from btc_anomaly_assets.detection.resources import DetectionSettings
+from btc_anomaly_assets.explain.assets import anomaly_explanations
+from btc_anomaly_assets.explain.resources import ExplainerResource
+from btc_anomaly_assets.forecast.assets import transaction_forecast
+from btc_anomaly_assets.ingest.assets import raw_transactions
+from btc_anomaly_assets.ingest.resources import TransactionSource
+from btc_anomaly_assets.live.schedules import build_live_automation
 
 env = settings.env_or_default
 

@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from btc_anomaly_assets.lib.lake import raw_path, write_raw_window
-from btc_anomaly_assets.lib.spark_session import SparkSettings, build_spark_session, start_local_connect_server
-from btc_anomaly_assets_tests.real_data import real_raw
+from btc_anomaly_assets.aggregates.spark_session import SparkSettings, build_spark_session, start_local_connect_server
+from btc_anomaly_assets.common.lake import raw_path, write_raw_window
+from btc_anomaly_testing.real_data import real_raw
 
 # 2 shared cores: 2 local threads and a handful of shuffle partitions (the default 200 costs
 # ~1 s of task scheduling per small job).

@@ -15,8 +15,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from btc_anomaly_assets.lib.explain_prompt import ANOMALY_EXPLANATION_COLUMNS
-from btc_anomaly_assets.lib.schema import (
+from btc_anomaly_assets.common.schema import (
     COORDINATED_CLUSTER_COLUMNS,
     EWMA_ANOMALY_COLUMNS,
     FORECAST_EXCURSION_COLUMNS,
@@ -24,7 +23,8 @@ from btc_anomaly_assets.lib.schema import (
     TRANSACTION_FORECAST_COLUMNS,
     column_names,
 )
-from btc_anomaly_assets.lib.warehouse import Warehouse
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.explain.prompt import ANOMALY_EXPLANATION_COLUMNS
 
 START = datetime(2025, 8, 13, 0, 0)
 END = datetime(2025, 8, 13, 2, 0)

@@ -7,14 +7,14 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
-from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
-from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.resources.spark import build_pyspark_resource
-from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
-from btc_anomaly_assets_tests.real_data import real_raw
+from btc_anomaly_assets.aggregates.aggregates_sql import aggregate_minutes_duckdb
+from btc_anomaly_assets.aggregates.assets import minute_aggregates
+from btc_anomaly_assets.aggregates.resources import build_pyspark_resource
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
+from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS
+from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets_tests.test_aggregates_spark import assert_matches_reference
+from btc_anomaly_testing.real_data import real_raw
 
 pytestmark = pytest.mark.usefixtures("connect_server_launch")
 

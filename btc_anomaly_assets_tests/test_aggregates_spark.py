@@ -12,15 +12,14 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.aggregates_sql import (
+from btc_anomaly_assets.aggregates.aggregates_sql import (
     FEE_OUTLIER_MULTIPLE,
     TRAILING_MINUTES,
     AggregationError,
     aggregate_minutes_duckdb,
 )
-from btc_anomaly_assets.lib.lake import raw_path, write_raw_window
-from btc_anomaly_assets.lib.spark_aggregates import aggregate_minutes_spark, hour_folders
-from btc_anomaly_assets.lib.spark_session import (
+from btc_anomaly_assets.aggregates.spark_aggregates import aggregate_minutes_spark, hour_folders
+from btc_anomaly_assets.aggregates.spark_session import (
     ConnectServerError,
     SparkEndpointError,
     SparkSettings,
@@ -28,7 +27,8 @@ from btc_anomaly_assets.lib.spark_session import (
     free_loopback_port,
     start_local_connect_server,
 )
-from btc_anomaly_assets_tests.real_data import block_minutes, copies_of, real_raw
+from btc_anomaly_assets.common.lake import raw_path, write_raw_window
+from btc_anomaly_testing.real_data import block_minutes, copies_of, real_raw
 
 pytest_plugins = ["btc_anomaly_assets_tests.conftest_spark"]
 # Boot the Connect server in the background while the classic session starts.

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from btc_anomaly_assets.lib.aggregates_sql import (
+from btc_anomaly_assets.aggregates.aggregates_sql import (
     FEE_OUTLIER_MULTIPLE,
     TRAILING_MINUTES,
     AggregationError,
     aggregate_minutes_duckdb,
 )
-from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS, RAW_TRANSACTION_COLUMNS, arrow_schema, column_names
+from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS, RAW_TRANSACTION_COLUMNS, arrow_schema, column_names
 
 T0 = datetime(2025, 8, 13, 12, 0)
 

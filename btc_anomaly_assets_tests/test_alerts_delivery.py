@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 from slack_sdk import WebClient
 
-from btc_anomaly_assets.lib.slack_delivery import (
+from btc_anomaly_assets.alerts.slack_delivery import (
     STATUS_FAILED,
     STATUS_SENT,
     BotChannelDestination,
@@ -20,8 +20,8 @@ from btc_anomaly_assets.lib.slack_delivery import (
     read_outbox,
     select_destination,
 )
-from btc_anomaly_assets.lib.slack_messages import SlackMessage, build_ewma_anomaly_message
-from btc_anomaly_assets_tests.fakes.slack_server import FakeSlack
+from btc_anomaly_assets.alerts.slack_messages import SlackMessage, build_ewma_anomaly_message
+from btc_anomaly_testing.fakes.slack_server import FakeSlack
 
 SENT_AT = datetime(2025, 8, 13, 0, 19, 5)
 MESSAGE = SlackMessage(

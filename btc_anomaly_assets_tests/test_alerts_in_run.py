@@ -8,16 +8,16 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from btc_anomaly_assets.defs.alerts.anomaly_alerts import ALERTS_TABLE, evaluate_alert_sensor
-from btc_anomaly_assets.defs.detection import detectors
-from btc_anomaly_assets.defs.detection.detectors import ewma_anomalies
-from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS
-from btc_anomaly_assets.lib.slack_delivery import read_outbox
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.resources.alerts import AlertDestinationResource
-from btc_anomaly_assets.resources.detection import DetectionSettings
-from btc_anomaly_assets.resources.storage import WarehouseResource
-from btc_anomaly_assets_tests.real_data import DAY13_WINDOW, minute_aggregates, real_raw
+from btc_anomaly_assets.alerts.resources import AlertDestinationResource
+from btc_anomaly_assets.alerts.sensors import ALERTS_TABLE, evaluate_alert_sensor
+from btc_anomaly_assets.alerts.slack_delivery import read_outbox
+from btc_anomaly_assets.common.resources import WarehouseResource
+from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.detection import assets as detectors
+from btc_anomaly_assets.detection.assets import ewma_anomalies
+from btc_anomaly_assets.detection.resources import DetectionSettings
+from btc_anomaly_testing.real_data import DAY13_WINDOW, minute_aggregates, real_raw
 
 WHALE_MINUTE = "2025-08-13-00:18"
 
@@ -112,7 +112,7 @@ def test_a_minute_failing_a_blocking_check_alerts_nothing(live, monkeypatch):
 
 
 def test_on_off_settings_are_validated(monkeypatch):
-    from btc_anomaly_assets import settings
+    from btc_anomaly_assets.common import settings
 
     monkeypatch.setenv("BTC_ALERT_IN_RUN", "off")
     assert settings.is_on("BTC_ALERT_IN_RUN") is False

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from slack_sdk.models.blocks import Block
 
-from btc_anomaly_assets.lib.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, column_names
-from btc_anomaly_assets.lib.slack_messages import (
+from btc_anomaly_assets.alerts.slack_messages import (
     MAX_BLOCKS,
     MAX_HEADER_TEXT,
     MAX_SECTION_FIELDS,
@@ -30,6 +29,7 @@ from btc_anomaly_assets.lib.slack_messages import (
     redact_secrets,
     unit_for_metric,
 )
+from btc_anomaly_assets.common.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, column_names
 
 UI = "http://dagster.example:3000"
 HASH = "3a446c29a2ea9308695b09d343c8ee0eb91f38ea37ef516eb67c3e206a77bfe9"

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from btc_anomaly_assets.defs.alerts.anomaly_alerts import pipeline_failure_alert
-from btc_anomaly_assets.lib.slack_delivery import read_outbox
-from btc_anomaly_assets.resources.alerts import AlertDestinationResource
+from btc_anomaly_assets.alerts.resources import AlertDestinationResource
+from btc_anomaly_assets.alerts.sensors import pipeline_failure_alert
+from btc_anomaly_assets.alerts.slack_delivery import read_outbox
 
 
 @dg.op

@@ -10,20 +10,20 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.defs.alerts.anomaly_alerts import (
+from btc_anomaly_assets.alerts.resources import AlertDestinationResource
+from btc_anomaly_assets.alerts.sensors import (
     ALERTS_TABLE,
     anomaly_alert_sensor,
     evaluate_alert_sensor,
     send_anomaly_alert,
 )
-from btc_anomaly_assets.defs.common import EWMA_ANOMALIES
-from btc_anomaly_assets.lib.schema import EWMA_ANOMALY_COLUMNS, column_names
-from btc_anomaly_assets.lib.slack_delivery import read_outbox
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.partitions import minute_partitions
-from btc_anomaly_assets.resources.alerts import AlertDestinationResource
-from btc_anomaly_assets.resources.storage import WarehouseResource
-from btc_anomaly_assets_tests.fakes.slack_server import FakeSlack
+from btc_anomaly_assets.alerts.slack_delivery import read_outbox
+from btc_anomaly_assets.common.dagster_helpers import EWMA_ANOMALIES
+from btc_anomaly_assets.common.partitions import minute_partitions
+from btc_anomaly_assets.common.resources import WarehouseResource
+from btc_anomaly_assets.common.schema import EWMA_ANOMALY_COLUMNS, column_names
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_testing.fakes.slack_server import FakeSlack
 
 T0 = datetime(2025, 8, 13, 1, 0)
 

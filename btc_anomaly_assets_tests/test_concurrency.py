@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from btc_anomaly_assets.cli import dagster_yaml
-from btc_anomaly_assets.lib.lake import raw_path, read_raw_window
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets_tests.fakes.slack_server import FakeSlack
+from btc_anomaly_assets.common.lake import raw_path, read_raw_window
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
+from btc_anomaly_testing.fakes.slack_server import FakeSlack
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_START, SAMPLE_END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
@@ -73,7 +73,7 @@ RUN_PIPELINE = textwrap.dedent("""
 # One tick of the alert sensor and its alert runs, exactly as ``btc-anomaly demo`` does it.
 ALERT_TICK = textwrap.dedent("""
     import dagster as dg
-    from btc_anomaly_assets.cli import deliver_alerts
+    from btc_anomaly_assets.cli.main import deliver_alerts
     from btc_anomaly_assets.definitions import defs
     deliver_alerts(defs, dg.DagsterInstance.get())
 """)

@@ -36,9 +36,15 @@ from pathlib import Path
 
 import pytest
 
-from btc_anomaly_assets import settings
+from btc_anomaly_assets.common import settings
 from btc_anomaly_assets_tests.browser import (
-    ARTIFACTS, BODY_TEXT, CHROMIUM, SKIP_REASON, open_page, start_chromium, stop_chromium,
+    ARTIFACTS,
+    BODY_TEXT,
+    CHROMIUM,
+    SKIP_REASON,
+    open_page,
+    start_chromium,
+    stop_chromium,
 )
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
@@ -151,7 +157,7 @@ def _stop_process_group(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     """A ``dagster dev -w workspace.yaml`` on a free loopback port over a fresh instance."""
-    from btc_anomaly_assets.cli import dagster_yaml
+    from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
 
     root = tmp_path_factory.mktemp("dagster_dev")
     home, data_dir = root / "dagster_home", root / "btc_data"
@@ -284,8 +290,8 @@ def _partition_window() -> tuple[datetime, datetime]:
 
 @needs_chromium
 def test_one_partition_materialized_from_the_ui_shows_its_checks(dagster_dev, tmp_path):
-    from btc_anomaly_assets.lib.lake import raw_path, read_raw_window
-    from btc_anomaly_assets.lib.raw_checks import RAW_CHECK_NAMES
+    from btc_anomaly_assets.common.lake import raw_path, read_raw_window
+    from btc_anomaly_assets.ingest.raw_checks import RAW_CHECK_NAMES
 
     assert {"hashes_unique", "fee_equals_inputs_minus_outputs", "row_count_matches_source"} <= set(RAW_CHECK_NAMES)
     base = dagster_dev.base

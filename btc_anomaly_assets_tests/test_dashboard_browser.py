@@ -24,7 +24,13 @@ from pathlib import Path
 import pytest
 
 from btc_anomaly_assets_tests.browser import (
-    ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, SKIP_REASON, open_page, start_chromium, stop_chromium,
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    SKIP_REASON,
+    open_page,
+    start_chromium,
+    stop_chromium,
 )
 from btc_anomaly_assets_tests.small_warehouse import add_live_explanation, build_small_warehouse
 
@@ -192,7 +198,7 @@ def test_clicking_a_row_shows_the_whole_explanation(dashboard, tmp_path):
 
 def test_missing_tables_say_not_materialized_yet(tmp_path):
     """An empty warehouse: the page still renders and names what is missing."""
-    from btc_anomaly_assets.lib.warehouse import Warehouse
+    from btc_anomaly_assets.common.warehouse import Warehouse
 
     path = tmp_path / "empty.duckdb"
     Warehouse(str(path)).query("SELECT 1")

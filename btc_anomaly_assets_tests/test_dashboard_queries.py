@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.dashboard import queries as q
 from btc_anomaly_assets.dashboard.app import (
     anomaly_share_figure,
@@ -16,8 +17,7 @@ from btc_anomaly_assets.dashboard.app import (
     forecast_figure,
     tx_count_figure,
 )
-from btc_anomaly_assets.lib.forecast import forecast_series
-from btc_anomaly_assets.lib.warehouse import Warehouse
+from btc_anomaly_assets.forecast.model import forecast_series
 from btc_anomaly_assets_tests.small_warehouse import FLAGGED, add_live_explanation, build_small_warehouse
 
 ALL = q.Window()
@@ -238,7 +238,7 @@ def test_views_read_everything_through_one_connection(built):
 
 
 def test_forecast_actuals_through_a_stretch_without_blocks_are_zero(tmp_path, built):
-    from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS, column_names
+    from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS, column_names
 
     _, frames = built
     quiet = frames["minute_aggregates"].copy()

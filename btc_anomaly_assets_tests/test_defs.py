@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from btc_anomaly_assets.common.partitions import minute_partitions
 from btc_anomaly_assets.definitions import defs
-from btc_anomaly_assets.partitions import minute_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 

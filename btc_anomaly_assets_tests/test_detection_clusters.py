@@ -14,14 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.clusters import (
+from btc_anomaly_assets.common.schema import COORDINATED_CLUSTER_COLUMNS, column_names
+from btc_anomaly_assets.detection.clusters import (
     CLUSTER_LOOKBACK_MINUTES,
     ClusterInputError,
     classify_shapes,
     cluster_id,
     detect_coordinated_clusters,
 )
-from btc_anomaly_assets.lib.detection_config import (
+from btc_anomaly_assets.detection.config import (
     COMPLIANCE_LABEL_SEVERITIES,
     MODE_SEED_PARITY,
     PATTERN_COINJOIN,
@@ -33,8 +34,7 @@ from btc_anomaly_assets.lib.detection_config import (
     PRIVACY_RESEARCH_LABEL_SEVERITIES,
     ClusterConfig,
 )
-from btc_anomaly_assets.lib.schema import COORDINATED_CLUSTER_COLUMNS, column_names
-from btc_anomaly_assets_tests import real_data as rd
+from btc_anomaly_testing import real_data as rd
 
 MEDIUM_PLUS = ("medium", "high")
 # (block, inputs, outputs) of the Wasabi-2-sized rounds named in the issue.

@@ -1,16 +1,15 @@
 """btc/coordinated_clusters as an asset: its blocking check finds members that are not in the raw lake."""
 
-from datetime import datetime
 
 import dagster as dg
 import pytest
 
-from btc_anomaly_assets.defs.detection import detectors
-from btc_anomaly_assets.defs.detection.detectors import coordinated_clusters
-from btc_anomaly_assets.lib.lake import write_raw_window
-from btc_anomaly_assets.resources.detection import DetectionSettings
-from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
-from btc_anomaly_assets_tests.real_data import DAY13_WINDOW, raw_in, real_raw
+from btc_anomaly_assets.common.lake import write_raw_window
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
+from btc_anomaly_assets.detection import assets as detectors
+from btc_anomaly_assets.detection.assets import coordinated_clusters
+from btc_anomaly_assets.detection.resources import DetectionSettings
+from btc_anomaly_testing.real_data import DAY13_WINDOW, raw_in, real_raw
 
 RANGE = {"dagster/asset_partition_range_start": "2025-08-13-00:00", "dagster/asset_partition_range_end": "2025-08-13-02:59"}
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib import coinjoin as cj
-from btc_anomaly_assets_tests import real_data as rd
+from btc_anomaly_assets.detection import coinjoin as cj
+from btc_anomaly_testing import real_data as rd
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.detection_config import (
+from btc_anomaly_assets.common.schema import EWMA_ANOMALY_COLUMNS, MINUTE_AGGREGATE_COLUMNS, column_names, severity_rank
+from btc_anomaly_assets.detection.config import (
     MODE_SEED_PARITY,
     EwmaConfig,
     MetricSpec,
     SeverityThresholds,
 )
-from btc_anomaly_assets.lib.ewma import (
+from btc_anomaly_assets.detection.ewma import (
     EWMA_LOOKBACK_MINUTES,
     EwmaInputError,
     anomaly_id,
     detect_ewma_anomalies,
     robust_ewma_baseline,
 )
-from btc_anomaly_assets.lib.schema import EWMA_ANOMALY_COLUMNS, MINUTE_AGGREGATE_COLUMNS, column_names, severity_rank
-from btc_anomaly_assets_tests import real_data as rd
+from btc_anomaly_testing import real_data as rd
 
 MEDIUM_PLUS = ("medium", "high")
 FEE_METRICS = ("log10_median_fee_rate_sat_vb", "log10_p90_fee_rate_sat_vb", "log10_p99_fee_rate_sat_vb", "fee_outlier_tx_count")

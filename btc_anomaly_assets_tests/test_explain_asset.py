@@ -6,17 +6,17 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from btc_anomaly_assets.defs.explain.anomaly_explanations import anomaly_explanations
-from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
-from btc_anomaly_assets.lib.clusters import detect_coordinated_clusters
-from btc_anomaly_assets.lib.ewma import detect_ewma_anomalies
-from btc_anomaly_assets.lib.lake import write_raw_window
-from btc_anomaly_assets.lib.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, MINUTE_AGGREGATE_COLUMNS
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.resources.claude import ExplainerResource
-from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
-from btc_anomaly_assets_tests.fakes.anthropic_server import FAKE_API_KEY, FakeAnthropic
-from btc_anomaly_assets_tests.real_data import raw_in, real_raw
+from btc_anomaly_assets.aggregates.aggregates_sql import aggregate_minutes_duckdb
+from btc_anomaly_assets.common.lake import write_raw_window
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
+from btc_anomaly_assets.common.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, MINUTE_AGGREGATE_COLUMNS
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.detection.clusters import detect_coordinated_clusters
+from btc_anomaly_assets.detection.ewma import detect_ewma_anomalies
+from btc_anomaly_assets.explain.assets import anomaly_explanations
+from btc_anomaly_assets.explain.resources import ExplainerResource
+from btc_anomaly_testing.fakes.anthropic_server import FAKE_API_KEY, FakeAnthropic
+from btc_anomaly_testing.real_data import raw_in, real_raw
 
 START, END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
 TAGS = {"dagster/asset_partition_range_start": "2025-08-13-00:00", "dagster/asset_partition_range_end": "2025-08-13-02:59"}

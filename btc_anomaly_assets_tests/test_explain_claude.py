@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from btc_anomaly_assets.lib.claude_explainer import (
+from btc_anomaly_assets.common.schema import column_names
+from btc_anomaly_assets.explain.claude_explainer import (
     ClaudeApiError,
     ClaudeConfigError,
     ClaudeExplainer,
@@ -23,11 +24,10 @@ from btc_anomaly_assets.lib.claude_explainer import (
     estimate_cost_usd,
     make_explainer,
 )
-from btc_anomaly_assets.lib.evidence import evidence_from_cluster_row, evidence_from_ewma_row
-from btc_anomaly_assets.lib.explain_prompt import ANOMALY_EXPLANATION_COLUMNS, EXPLANATION_SCHEMA, SYSTEM_PROMPT
-from btc_anomaly_assets.lib.explain_rules import RuleExplainer
-from btc_anomaly_assets.lib.schema import column_names
-from btc_anomaly_assets_tests.fakes.anthropic_server import (
+from btc_anomaly_assets.explain.evidence import evidence_from_cluster_row, evidence_from_ewma_row
+from btc_anomaly_assets.explain.prompt import ANOMALY_EXPLANATION_COLUMNS, EXPLANATION_SCHEMA, SYSTEM_PROMPT
+from btc_anomaly_assets.explain.rules import RuleExplainer
+from btc_anomaly_testing.fakes.anthropic_server import (
     FAKE_API_KEY,
     FakeAnthropic,
     FakeModel,
@@ -37,7 +37,7 @@ from btc_anomaly_assets_tests.fakes.anthropic_server import (
     truncated_answer,
     valid_answer,
 )
-from btc_anomaly_assets_tests.fakes.loopback import Reply
+from btc_anomaly_testing.fakes.loopback import Reply
 
 MODEL = "claude-haiku-4-5"
 RESOLVED = "claude-haiku-4-5-20251001"

@@ -16,14 +16,20 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from btc_anomaly_assets.lib.evidence import (
+from btc_anomaly_assets.common.schema import (
+    COORDINATED_CLUSTER_COLUMNS,
+    EWMA_ANOMALY_COLUMNS,
+    arrow_schema,
+    column_names,
+)
+from btc_anomaly_assets.explain.evidence import (
     EvidenceError,
     evidence_from_cluster_row,
     evidence_from_ewma_row,
     explanation_content_hash,
     select_evidence,
 )
-from btc_anomaly_assets.lib.explain_prompt import (
+from btc_anomaly_assets.explain.prompt import (
     ANOMALY_EXPLANATION_COLUMNS,
     ANSWER_FIELDS,
     EXPLANATION_SCHEMA,
@@ -31,13 +37,7 @@ from btc_anomaly_assets.lib.explain_prompt import (
     render_user_message,
     validate_answer,
 )
-from btc_anomaly_assets.lib.explain_rules import RULES_MODEL_ID, RuleExplainer, rule_based_answer
-from btc_anomaly_assets.lib.schema import (
-    COORDINATED_CLUSTER_COLUMNS,
-    EWMA_ANOMALY_COLUMNS,
-    arrow_schema,
-    column_names,
-)
+from btc_anomaly_assets.explain.rules import RULES_MODEL_ID, RuleExplainer, rule_based_answer
 
 MINUTE = datetime(2025, 8, 13, 14, 5)
 TX_A = "a1" * 32

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.forecast import (
+from btc_anomaly_assets.forecast.model import (
     BLOCK_RATE_WINDOW_MINUTES,
     EXCURSION_COLUMNS,
     FORECAST_COLUMNS,
@@ -23,7 +23,7 @@ from btc_anomaly_assets.lib.forecast import (
     interval_excursions,
     score_forecast,
 )
-from btc_anomaly_assets_tests.real_data import DAY13_WINDOW, REAL_WINDOWS, minute_aggregates, real_raw, synthetic_first_seen
+from btc_anomaly_testing.real_data import DAY13_WINDOW, REAL_WINDOWS, minute_aggregates, real_raw, synthetic_first_seen
 
 HOLDOUT = 30
 

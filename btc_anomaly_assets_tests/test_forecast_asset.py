@@ -4,12 +4,12 @@ from datetime import datetime
 
 import dagster as dg
 
-from btc_anomaly_assets.defs.forecast.transaction_forecast import transaction_forecast
-from btc_anomaly_assets.lib.aggregates_sql import aggregate_minutes_duckdb
-from btc_anomaly_assets.lib.schema import MINUTE_AGGREGATE_COLUMNS
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.resources.storage import WarehouseResource
-from btc_anomaly_assets_tests.real_data import real_raw
+from btc_anomaly_assets.aggregates.aggregates_sql import aggregate_minutes_duckdb
+from btc_anomaly_assets.common.resources import WarehouseResource
+from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.forecast.assets import transaction_forecast
+from btc_anomaly_testing.real_data import real_raw
 
 
 def _warehouse(tmp_path, start, end) -> WarehouseResource:

@@ -7,14 +7,14 @@ from datetime import datetime
 
 import dagster as dg
 
-from btc_anomaly_assets.defs.aggregates.minute_aggregates import minute_aggregates
-from btc_anomaly_assets.defs.ingest.raw_transactions import raw_transactions
-from btc_anomaly_assets.lib.lake import read_raw_window
-from btc_anomaly_assets.resources.sources import TransactionSource
-from btc_anomaly_assets.resources.spark import build_pyspark_resource
-from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
-from btc_anomaly_assets_tests.fakes.blockchair_server import FakeBlockchair, as_mempool_rows, load_dump_rows
-from btc_anomaly_assets_tests.shared_data import SHARED_DATA
+from btc_anomaly_assets.aggregates.assets import minute_aggregates
+from btc_anomaly_assets.aggregates.resources import build_pyspark_resource
+from btc_anomaly_assets.common.lake import read_raw_window
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
+from btc_anomaly_assets.ingest.assets import raw_transactions
+from btc_anomaly_assets.ingest.resources import TransactionSource
+from btc_anomaly_testing.fakes.blockchair_server import FakeBlockchair, as_mempool_rows, load_dump_rows
+from btc_anomaly_testing.shared_data import SHARED_DATA
 
 DUMPS = SHARED_DATA / "blockchair_tsv_2025-08"
 DUMP_14 = DUMPS / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"

@@ -10,22 +10,22 @@ import pandas as pd
 import pytest
 import requests
 
-from btc_anomaly_assets.lib.blockchair_api import (
+from btc_anomaly_assets.ingest.blockchair_api import (
     BlockchairClient,
     BlockchairCoolOffError,
     BlockchairError,
     BlockchairRateLimitError,
     BlockchairTransportError,
 )
-from btc_anomaly_assets.lib.blockchair_dump import read_dump_window
-from btc_anomaly_assets_tests.fakes.blockchair_server import (
+from btc_anomaly_assets.ingest.blockchair_dump import read_dump_window
+from btc_anomaly_testing.fakes.blockchair_server import (
     MEMPOOL_PATH,
     FakeBlockchair,
     FakeBlockchairHost,
     as_mempool_rows,
     load_dump_rows,
 )
-from btc_anomaly_assets_tests.shared_data import SHARED_DATA
+from btc_anomaly_testing.shared_data import SHARED_DATA
 
 FILE_14 = SHARED_DATA / "blockchair_tsv_2025-08" / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"
 TIP = 909932

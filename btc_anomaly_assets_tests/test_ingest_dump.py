@@ -12,8 +12,8 @@ from datetime import date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.blockchair_dump import DumpFormatError, read_dump_window
-from btc_anomaly_assets_tests.shared_data import SHARED_DATA
+from btc_anomaly_assets.ingest.blockchair_dump import DumpFormatError, read_dump_window
+from btc_anomaly_testing.shared_data import SHARED_DATA
 
 DUMP_DIR = SHARED_DATA / "blockchair_tsv_2025-08"
 FILE_13 = DUMP_DIR / "blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz"
@@ -57,7 +57,7 @@ def test_whole_13_aug_file(day13):
 
 
 def test_typing_in_chunks_gives_the_same_frame_and_names_the_line_of_a_bad_value(day13, monkeypatch, tmp_path):
-    from btc_anomaly_assets.lib import blockchair_dump
+    from btc_anomaly_assets.ingest import blockchair_dump
 
     monkeypatch.setattr(blockchair_dump, "TYPE_EVERY_ROWS", 1_000)  # 55 chunks instead of one
     chunked = read_dump_window(DUMP_DIR, datetime(2025, 8, 13), datetime(2025, 8, 14))

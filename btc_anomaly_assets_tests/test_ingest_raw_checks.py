@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pandas as pd
 
-from btc_anomaly_assets.lib.raw_checks import RAW_CHECK_NAMES, evaluate_raw_checks
+from btc_anomaly_assets.ingest.raw_checks import RAW_CHECK_NAMES, evaluate_raw_checks
 from btc_anomaly_assets_tests.test_storage_lake import T0, _rows
 
 END = T0 + timedelta(hours=1)

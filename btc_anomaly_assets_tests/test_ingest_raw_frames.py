@@ -11,15 +11,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from btc_anomaly_assets.lib.raw_frames import (
+from btc_anomaly_assets.common.schema import RAW_TRANSACTION_COLUMNS, arrow_schema, column_names
+from btc_anomaly_assets.ingest.raw_frames import (
     DUPLICATES_DROPPED_ATTR,
     RawDataError,
     concat_raw_frames,
     empty_raw_frame,
     to_raw_frame,
 )
-from btc_anomaly_assets.lib.schema import RAW_TRANSACTION_COLUMNS, arrow_schema, column_names
-from btc_anomaly_assets_tests.shared_data import SHARED_DATA
+from btc_anomaly_testing.shared_data import SHARED_DATA
 
 DUMP_13 = SHARED_DATA / "blockchair_tsv_2025-08" / "blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz"
 WHERE = "test-source.tsv.gz"
@@ -185,7 +185,7 @@ def test_empty_inputs_give_the_typed_empty_frame(text_records):
 
 
 def test_naive_utc_helper_converts_aware_datetimes():
-    from btc_anomaly_assets.lib.raw_frames import to_naive_utc
+    from btc_anomaly_assets.ingest.raw_frames import to_naive_utc
 
     aware = datetime(2025, 8, 13, 2, 0, tzinfo=timezone.utc).astimezone()
     assert to_naive_utc(aware) == datetime(2025, 8, 13, 2, 0)

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-from btc_anomaly_assets.cli import dagster_yaml
-from btc_anomaly_assets.instance_storage import BatchedSqliteEventLogStorage
+from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
+from btc_anomaly_assets.instance.event_log import BatchedSqliteEventLogStorage
 
 MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
                                             start=datetime(2025, 8, 13), end=datetime(2025, 8, 13, 2))

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from btc_anomaly_assets.definitions import defs
-from btc_anomaly_assets.defs.live.schedules import late_data_sweep_request
+from btc_anomaly_assets.live.schedules import late_data_sweep_request
 
 
 def _evaluate(name: str, at: datetime):

@@ -5,7 +5,7 @@ from datetime import datetime
 import dagster as dg
 import pandas as pd
 
-from btc_anomaly_assets.defs.common import add_minute_metadata, window_of
+from btc_anomaly_assets.common.dagster_helpers import add_minute_metadata, window_of
 
 MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
                                             start=datetime(2025, 8, 13), end=datetime(2025, 8, 14))

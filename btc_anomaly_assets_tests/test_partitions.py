@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from btc_anomaly_assets.partitions import MAX_MINUTE_PARTITIONS, build_minute_partitions, minute_partitions
+from btc_anomaly_assets.common.partitions import MAX_MINUTE_PARTITIONS, build_minute_partitions, minute_partitions
 
 
 def test_default_partitions_cover_the_bundled_data_and_stay_small():

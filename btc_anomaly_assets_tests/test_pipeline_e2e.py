@@ -9,16 +9,16 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
+from btc_anomaly_assets.aggregates.resources import build_pyspark_resource
+from btc_anomaly_assets.alerts.resources import AlertDestinationResource
+from btc_anomaly_assets.alerts.slack_delivery import read_outbox
+from btc_anomaly_assets.common.lake import raw_path, read_raw_window
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
+from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.definitions import ALL_ASSETS, pipeline_job
-from btc_anomaly_assets.lib.lake import raw_path, read_raw_window
-from btc_anomaly_assets.lib.slack_delivery import read_outbox
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.resources.alerts import AlertDestinationResource
-from btc_anomaly_assets.resources.claude import ExplainerResource
-from btc_anomaly_assets.resources.detection import DetectionSettings
-from btc_anomaly_assets.resources.sources import TransactionSource
-from btc_anomaly_assets.resources.spark import build_pyspark_resource
-from btc_anomaly_assets.resources.storage import LakeResource, WarehouseResource
+from btc_anomaly_assets.detection.resources import DetectionSettings
+from btc_anomaly_assets.explain.resources import ExplainerResource
+from btc_anomaly_assets.ingest.resources import TransactionSource
 
 START, END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
 RANGE_TAGS = {"dagster/asset_partition_range_start": "2025-08-13-00:00", "dagster/asset_partition_range_end": "2025-08-13-02:59"}
@@ -99,7 +99,7 @@ def _partition_metadata(instance, asset_key, partition: str) -> dict:
 
 def test_each_partition_carries_its_own_minute_figures_for_the_ui_plots(pipeline):
     """A 180-minute range run: Dagster must plot each minute's own count, not the window's total 180 times."""
-    from btc_anomaly_assets.defs.common import EWMA_ANOMALIES, MINUTE_AGGREGATES, TRANSACTION_FORECAST
+    from btc_anomaly_assets.common.dagster_helpers import EWMA_ANOMALIES, MINUTE_AGGREGATES, TRANSACTION_FORECAST
 
     instance, wh = pipeline["instance"], pipeline["wh"]
     counts = wh.query("SELECT strftime(minute, '%Y-%m-%d-%H:%M') AS p, tx_count FROM btc.minute_aggregates")
@@ -132,7 +132,7 @@ def test_forecast_has_30_non_negative_steps(pipeline):
 
 
 def test_alerts_go_to_the_outbox_once(pipeline):
-    from btc_anomaly_assets.defs.alerts.anomaly_alerts import evaluate_alert_sensor, send_anomaly_alert
+    from btc_anomaly_assets.alerts.sensors import evaluate_alert_sensor, send_anomaly_alert
 
     instance, resources = pipeline["instance"], pipeline["resources"]
     for _ in range(2):  # a second tick (or a restarted sensor) delivers nothing new

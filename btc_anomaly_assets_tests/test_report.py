@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.warehouse import Warehouse
-from btc_anomaly_assets.report import REPORT_FILES, ReportError, explanation_text, write_report
+from btc_anomaly_assets.common.warehouse import Warehouse
+from btc_anomaly_assets.dashboard.report import REPORT_FILES, ReportError, explanation_text, write_report
 from btc_anomaly_assets_tests.small_warehouse import FLAGGED, build_small_warehouse
 
 # The tutorial's headers (shared/data/seed_run), which must lead every file in this order.
@@ -227,7 +227,7 @@ def test_mode_selects_the_detection_rows(warehouse, tmp_path):
 def test_command_line_options_write_the_report(warehouse, tmp_path, capsys):
     import argparse
 
-    from btc_anomaly_assets.report import add_report_arguments, run_report
+    from btc_anomaly_assets.dashboard.report import add_report_arguments, run_report
 
     parser = argparse.ArgumentParser()
     add_report_arguments(parser)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from btc_anomaly_assets import settings
+from btc_anomaly_assets.common import settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from btc_anomaly_assets.lib.lake import LakeError, hour_file, raw_path, read_raw_window, write_raw_window
-from btc_anomaly_assets.lib.schema import RAW_TRANSACTION_COLUMNS, column_names
+from btc_anomaly_assets.common.lake import LakeError, hour_file, raw_path, read_raw_window, write_raw_window
+from btc_anomaly_assets.common.schema import RAW_TRANSACTION_COLUMNS, column_names
 
 T0 = datetime(2025, 8, 13, 0, 0)
 
@@ -77,7 +77,7 @@ def test_a_frame_with_a_wrong_type_is_refused_with_the_reason(tmp_path):
 
 
 def test_largest_transactions_per_minute(tmp_path):
-    from btc_anomaly_assets.lib.lake import largest_transactions
+    from btc_anomaly_assets.common.lake import largest_transactions
 
     path = raw_path(str(tmp_path))
     frame = _rows([3, 3, 3, 70])

@@ -4,12 +4,11 @@ import threading
 from datetime import datetime, timedelta
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from btc_anomaly_assets.lib.schema import Column
-from btc_anomaly_assets.lib.warehouse import Warehouse, WarehouseError
-
-import pyarrow as pa
+from btc_anomaly_assets.common.schema import Column
+from btc_anomaly_assets.common.warehouse import Warehouse, WarehouseError
 
 COLUMNS = [
     Column("minute", pa.timestamp("us"), "minute"),

@@ -32,8 +32,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dash_table, dcc, html
 
+from btc_anomaly_assets.common.schema import SEVERITIES
+from btc_anomaly_assets.common.warehouse import Warehouse, WarehouseError
 from btc_anomaly_assets.dashboard import queries as q
-from btc_anomaly_assets.lib.detection_config import (
+from btc_anomaly_assets.detection.config import (
     PATTERN_COINJOIN,
     PATTERN_DUST_FANOUT,
     PATTERN_FAN_IN,
@@ -41,8 +43,6 @@ from btc_anomaly_assets.lib.detection_config import (
     PATTERN_SEED,
     PATTERN_SIMILAR_BURST,
 )
-from btc_anomaly_assets.lib.schema import SEVERITIES
-from btc_anomaly_assets.lib.warehouse import Warehouse, WarehouseError
 
 log = logging.getLogger(__name__)
 
@@ -707,7 +707,7 @@ def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_dashboard(args: argparse.Namespace) -> int:
     """Serve with parsed ``add_dashboard_arguments`` options (blocks until interrupted)."""
-    from btc_anomaly_assets import settings
+    from btc_anomaly_assets.common import settings
 
     serve(args.duckdb or settings.duckdb_path(), args.host, args.port, refresh_seconds=args.refresh_seconds)
     return 0

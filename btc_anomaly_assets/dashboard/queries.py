@@ -23,9 +23,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from btc_anomaly_assets.lib.forecast import BLOCK_RATE_WINDOW_MINUTES, ForecastError, forecast_series
-from btc_anomaly_assets.lib.schema import SEVERITIES, severity_rank
-from btc_anomaly_assets.lib.warehouse import SCHEMA, Warehouse
+from btc_anomaly_assets.common.schema import SEVERITIES, severity_rank
+from btc_anomaly_assets.common.warehouse import SCHEMA, Warehouse
+from btc_anomaly_assets.forecast.model import BLOCK_RATE_WINDOW_MINUTES, ForecastError, forecast_series
 
 MINUTE_AGGREGATES = "minute_aggregates"
 EWMA_ANOMALIES = "ewma_anomalies"

@@ -1,0 +1,31 @@
+"""Detector settings: the tutorial's exact rules (seed parity) or the default, and the cluster severity preset."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+
+class DetectionSettings(dg.ConfigurableResource):
+    """Which detection mode runs, and how CoinJoin / dust labels are graded.
+
+    ``mode=seed_parity`` reproduces the tutorial exactly (EWMA alpha 0.3 with global sigma and
+    |z| > 2; >= 2 transactions with >= 10 inputs or outputs per minute). ``label_preset`` is
+    ``default``, ``compliance`` (mixing is a risk signal: medium) or ``privacy_research`` (mixing
+    is not an alert: info).
+    """
+
+    mode: str = Field(default="default", description="default | seed_parity")
+    label_preset: str = Field(default="default", description="default | compliance | privacy_research")
+
+    def ewma_config(self):
+        from btc_anomaly_assets.detection.config import EwmaConfig
+
+        return EwmaConfig(mode=self.mode)
+
+    def cluster_config(self):
+        from btc_anomaly_assets.detection.config import LABEL_SEVERITY_PRESETS, ClusterConfig
+
+        if self.label_preset not in LABEL_SEVERITY_PRESETS:
+            raise dg.Failure(f"BTC_CLUSTER_SEVERITY_PRESET={self.label_preset!r} is not one of {', '.join(LABEL_SEVERITY_PRESETS)}")
+        return ClusterConfig(mode=self.mode, labels=LABEL_SEVERITY_PRESETS[self.label_preset])
