@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 from slack_sdk import WebClient
 
+from btc_anomaly_assets.alerts.block_kit import SlackMessage
 from btc_anomaly_assets.alerts.slack_delivery import (
     STATUS_FAILED,
     STATUS_SENT,
@@ -20,7 +21,7 @@ from btc_anomaly_assets.alerts.slack_delivery import (
     read_outbox,
     select_destination,
 )
-from btc_anomaly_assets.alerts.slack_messages import SlackMessage, build_ewma_anomaly_message
+from btc_anomaly_assets.alerts.slack_messages import build_ewma_anomaly_message
 from btc_anomaly_testing.fakes.slack_server import FakeSlack
 
 SENT_AT = datetime(2025, 8, 13, 0, 19, 5)

@@ -11,20 +11,22 @@ import pandas as pd
 import pytest
 from slack_sdk.models.blocks import Block
 
-from btc_anomaly_assets.alerts.slack_messages import (
+from btc_anomaly_assets.alerts.block_kit import (
     MAX_BLOCKS,
     MAX_HEADER_TEXT,
     MAX_SECTION_FIELDS,
     MAX_SECTION_TEXT,
     MAX_TOTAL_BLOCK_TEXT,
     SlackMessage,
+    enforce_block_limits,
+)
+from btc_anomaly_assets.alerts.slack_messages import (
     build_coordination_message,
     build_digest_message,
     build_ewma_anomaly_message,
     build_forecast_excursion_message,
     build_run_failure_message,
     dagster_partition_url,
-    enforce_block_limits,
     meets_min_severity,
     redact_secrets,
     unit_for_metric,

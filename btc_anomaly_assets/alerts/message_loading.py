@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from btc_anomaly_assets.alerts.block_kit import SlackMessage
 from btc_anomaly_assets.alerts.slack_messages import (
-    SlackMessage,
     build_coordination_message,
     build_digest_message,
     build_ewma_anomaly_message,

@@ -49,7 +49,8 @@ from slack_sdk.http_retry import RateLimitErrorRetryHandler
 from slack_sdk.web import WebClient
 from slack_sdk.webhook import WebhookClient
 
-from btc_anomaly_assets.alerts.slack_messages import SlackMessage, redact_secrets
+from btc_anomaly_assets.alerts.block_kit import SlackMessage
+from btc_anomaly_assets.alerts.slack_messages import redact_secrets
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -30,18 +29,30 @@ from typing import Callable
 import dash
 import pandas as pd
 import plotly.graph_objects as go
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, html
 
-from btc_anomaly_assets.common.schema import SEVERITIES
 from btc_anomaly_assets.common.warehouse import Warehouse, WarehouseError
 from btc_anomaly_assets.dashboard import queries as q
-from btc_anomaly_assets.detection.config import (
-    PATTERN_COINJOIN,
-    PATTERN_DUST_FANOUT,
-    PATTERN_FAN_IN,
-    PATTERN_FAN_OUT,
-    PATTERN_SEED,
-    PATTERN_SIMILAR_BURST,
+from btc_anomaly_assets.dashboard.figures import (
+    FORECAST_TITLE,
+    anomalies_by_hour_figure,
+    anomaly_share_figure,
+    clusters_figure,
+    forecast_figure,
+    message_figure,
+    tx_count_figure,
+    zscore_heatmap_figure,
+)
+from btc_anomaly_assets.dashboard.layout import _chips, audit_layout, detection_layout, overview_layout, page_layout
+from btc_anomaly_assets.dashboard.style import (
+    BASIS_NOTES,
+    DEFAULT_WINDOW_HOURS,
+    INDEX_STRING,
+    TAB_AUDIT,
+    TAB_DETECTION,
+    TAB_LABELS,
+    TAB_OVERVIEW,
+    WINDOW_CHOICES,
 )
 
 log = logging.getLogger(__name__)
@@ -51,394 +62,6 @@ DEFAULT_PORT = 8050
 DEFAULT_REFRESH_SECONDS = 30
 # Short on purpose: a dashboard request must not queue for minutes behind a run's write.
 DEFAULT_LOCK_TIMEOUT_SECONDS = 10
-
-TAB_OVERVIEW, TAB_DETECTION, TAB_AUDIT = "overview", "detection", "audit"
-TAB_LABELS = {
-    TAB_OVERVIEW: "Overview",
-    TAB_DETECTION: "Detection & Forecasting",
-    TAB_AUDIT: "Explanation audit trail",
-}
-WINDOW_CHOICES = [("Last hour", 1), ("Last 3 hours", 3), ("Last 6 hours", 6), ("Last 24 hours", 24),
-                  ("Last 7 days", 24 * 7), ("All data", None)]
-DEFAULT_WINDOW_HOURS = 24
-
-SEVERITY_COLORS = {"info": "#9aa5b1", "low": "#e0a800", "medium": "#e8590c", "high": "#b02a37"}
-BASIS_NOTES = {
-    "block": "Time basis: block time. A minute holds a whole block or nothing, so counts jump from 0 to "
-             "thousands; the EWMA compares each block-minute with the previous block-minutes (per block).",
-    "first_seen": "Time basis: first-seen (mempool arrival). Every minute is an observation; zero arrivals count.",
-    "mixed": "The window mixes block-time and first-seen data; their minutes are not comparable.",
-}
-# One colour per cluster pattern, the same on every page and refresh.
-PATTERN_COLORS = {PATTERN_COINJOIN: "#1f77b4", PATTERN_DUST_FANOUT: "#ff7f0e", PATTERN_FAN_IN: "#2ca02c",
-                  PATTERN_FAN_OUT: "#9467bd", PATTERN_SIMILAR_BURST: "#d62728", PATTERN_SEED: "#8c564b"}
-OTHER_PATTERN_COLORS = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-AUDIT_COLUMNS = [
-    ("minute", "Minute (UTC)"),
-    ("kind", "Kind"),
-    ("subject", "Metric / pattern"),
-    ("severity", "Severity"),
-    ("flag_for_investigation", "Flag"),
-    ("confidence", "Confidence"),
-    ("suspected_patterns", "Suspected patterns"),
-    ("summary", "Summary"),
-    ("source", "Source"),
-    ("status", "Status"),
-]
-
-FONT = "-apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
-CSS = """
-body { margin: 0; background: #f4f6f8; color: #1f2933; font-family: """ + FONT + """; }
-.page { max-width: 1360px; margin: 0 auto; padding: 14px 22px 28px; }
-.header h1 { font-size: 22px; margin: 4px 0 2px; font-weight: 600; }
-.status-line { font-size: 13px; color: #52606d; margin: 2px 0 8px; }
-.chips span { display: inline-block; font-size: 12px; padding: 2px 8px; margin: 0 6px 4px 0;
-              border-radius: 10px; }
-.chip-ok { background: #e3f2e6; color: #1e5b2f; } .chip-missing { background: #fde8e8; color: #8a1c1c; }
-.controls { display: flex; gap: 18px; align-items: flex-end; margin: 6px 0 10px; flex-wrap: wrap; }
-.control label { display: block; font-size: 12px; color: #52606d; margin-bottom: 2px; }
-.control { min-width: 200px; }
-.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
-.card { background: #fff; border: 1px solid #dde2e8; border-radius: 8px; padding: 8px 10px; }
-.wide { grid-column: 1 / span 2; }
-.note { font-size: 12.5px; color: #52606d; margin: 4px 4px 0; }
-.detail { background: #fff; border: 1px solid #dde2e8; border-radius: 8px; padding: 10px 16px;
-          margin-top: 12px; font-size: 13.5px; }
-.detail h3 { font-size: 15px; margin: 4px 0 8px; }
-.detail dt { font-weight: 600; color: #323f4b; margin-top: 6px; }
-.detail dd { margin: 2px 0 0 0; white-space: pre-wrap; }
-.tab-body { padding-top: 12px; }
-"""
-
-TAB_STYLE = {"padding": "9px 14px", "fontSize": "14px", "backgroundColor": "#e9edf2", "color": "#3e4c59"}
-TAB_SELECTED_STYLE = {**TAB_STYLE, "backgroundColor": "#ffffff", "color": "#102a43", "fontWeight": "600",
-                      "borderTop": "3px solid #1f77b4"}
-
-INDEX_STRING = """<!DOCTYPE html>
-<html>
-<head>{%metas%}<title>{%title%}</title>{%favicon%}{%css%}<style>""" + CSS + """</style></head>
-<body>{%app_entry%}<footer>{%config%}{%scripts%}{%renderer%}</footer></body>
-</html>"""
-
-
-# --------------------------------------------------------------------------------------------
-# Figures (pure: frames in, figures out)
-
-
-def _style(fig: go.Figure, title: str, *, height: int = 340, revision: str = "") -> go.Figure:
-    fig.update_layout(
-        template="plotly_white",
-        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
-        height=height,
-        margin={"l": 60, "r": 20, "t": 56, "b": 44},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0, "font": {"size": 11}},
-        hoverlabel={"font": {"size": 12}},
-        font={"family": FONT, "size": 12},
-        uirevision=revision or title,  # keeps the user's zoom across refreshes
-    )
-    return fig
-
-
-def message_figure(title: str, message: str, *, height: int = 340) -> go.Figure:
-    """An empty chart that says why it is empty (table not materialized, no rows, busy...)."""
-    fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font={"size": 14, "color": "#7b8794"})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _style(fig, title, height=height)
-
-
-def _x_range(window: q.Window | None, minutes: pd.Series) -> list[pd.Timestamp]:
-    """The window when it is bounded (so every tab shows the same span), else the data's span."""
-    if window is not None and window.start is not None and window.end is not None:
-        return [pd.Timestamp(window.start), pd.Timestamp(window.end)]
-    return [minutes.min() - pd.Timedelta(minutes=1), minutes.max() + pd.Timedelta(minutes=1)]
-
-
-def _minute_bar_width_ms(x_range: list[pd.Timestamp]) -> float:
-    """One minute, widened on long spans to 1/400 of the axis so a lone block-minute stays visible.
-
-    Plotly would otherwise size date bars by the smallest gap between bars (13 minutes between two
-    blocks draws 13-minute-wide bars) or shrink one-minute bars on a day's axis to a hairline.
-    """
-    span_ms = (x_range[1] - x_range[0]) / pd.Timedelta(milliseconds=1)
-    return max(60_000.0, span_ms / 400)
-
-
-def tx_count_figure(series: pd.DataFrame, flagged: pd.DataFrame, basis: str | None, min_severity: str,
-                    window: q.Window | None = None) -> go.Figure:
-    """Transactions per minute (bars), the tx_count EWMA baseline, and minutes flagged on any metric."""
-    title = "Transactions per minute, EWMA baseline and flagged minutes"
-    if series.empty:
-        return message_figure(title, "No tx_count rows in btc.ewma_anomalies for this window")
-    minutes = pd.to_datetime(series["minute"])
-    x_range = _x_range(window, minutes)
-    fig = go.Figure()
-    busy = series["tx_count"] > 0
-    fig.add_bar(x=minutes[busy], y=series.loc[busy, "tx_count"], name="transactions in minute", marker_color="#9fb3c8",
-                width=_minute_bar_width_ms(x_range),
-                hovertemplate="%{x|%Y-%m-%d %H:%M}<br>%{y:,} transactions<extra></extra>")
-    baseline_name = "EWMA baseline (per block)" if basis == "block" else "EWMA baseline"
-    scored = series[series["baseline"].notna()]
-    fig.add_scatter(x=pd.to_datetime(scored["minute"]), y=scored["baseline"], name=baseline_name, mode="lines+markers",
-                    line={"color": "#243b53", "dash": "dash", "width": 1.6}, marker={"size": 4},
-                    hovertemplate="%{x|%H:%M} baseline %{y:,.0f}<extra></extra>")
-    counts = series.set_index(minutes)["tx_count"]
-    for severity, symbol in (("medium", "circle"), ("high", "diamond")):
-        rows = flagged[flagged["severity"] == severity] if not flagged.empty else flagged
-        if rows.empty or SEVERITIES.index(severity) < SEVERITIES.index(min_severity):
-            continue
-        at = pd.to_datetime(rows["minute"])
-        fig.add_scatter(x=at, y=counts.reindex(at).to_numpy(), mode="markers", name=f"flagged: {severity}",
-                        marker={"color": SEVERITY_COLORS[severity], "size": 12, "symbol": symbol,
-                                "line": {"color": "white", "width": 1}},
-                        customdata=rows["metrics"], hovertemplate="%{x|%Y-%m-%d %H:%M}<br>%{customdata}<extra></extra>")
-    fig.update_yaxes(title_text="transactions", rangemode="tozero")
-    fig.update_xaxes(range=x_range)
-    return _style(fig, title, height=380)
-
-
-def zscore_heatmap_figure(cells: pd.DataFrame, metric: str) -> go.Figure:
-    title = f"Mean z-score of {metric} by date and hour (UTC)"
-    if cells.empty:
-        return message_figure(title, "No scored minutes for this metric in the window")
-    dates = sorted(cells["date"].astype(str).unique())
-    grid = cells.assign(date=cells["date"].astype(str)).pivot(index="date", columns="hour", values="mean_z")
-    grid = grid.reindex(index=dates, columns=range(24))
-    minutes = cells.assign(date=cells["date"].astype(str)).pivot(index="date", columns="hour", values="minutes")
-    minutes = minutes.reindex(index=dates, columns=range(24))
-    # Colour range: at least +/-3, at most +/-8 (the high threshold), so one warm-up outlier does
-    # not wash out every other cell; the hover still shows the true mean.
-    limit = min(max(3.0, float(cells["mean_z"].abs().max())), 8.0)
-    fig = go.Figure(go.Heatmap(
-        z=grid.to_numpy(), x=[f"{h:02d}" for h in range(24)], y=dates, customdata=minutes.to_numpy(),
-        colorscale="RdBu", reversescale=True, zmid=0, zmin=-limit, zmax=limit, xgap=1, ygap=1,
-        colorbar={"title": {"text": "mean z"}, "thickness": 12},
-        hovertemplate="%{y} %{x}:00 UTC<br>mean z %{z:.2f} over %{customdata} minutes<extra></extra>",
-    ))
-    fig.update_xaxes(title_text="hour (UTC)", type="category")
-    fig.update_yaxes(type="category", autorange="reversed")
-    return _style(fig, title, height=max(240, 120 + 28 * len(dates)))
-
-
-def anomalies_by_hour_figure(counts: pd.DataFrame, min_severity: str) -> go.Figure:
-    title = f"Anomalous minutes by hour of day (severity {min_severity}+)"
-    if counts.empty:
-        return message_figure(title, f"No minute at {min_severity} or above in this window")
-    fig = go.Figure()
-    for severity in SEVERITIES:
-        rows = counts[counts["severity"] == severity]
-        if rows.empty:
-            continue
-        fig.add_bar(x=rows["hour"], y=rows["minutes"], name=severity, marker_color=SEVERITY_COLORS[severity],
-                    hovertemplate="%{x}:00 UTC: %{y} minutes<extra>" + severity + "</extra>")
-    fig.update_layout(barmode="stack")
-    fig.update_xaxes(title_text="hour (UTC)", range=[-0.5, 23.5], dtick=2)
-    most = int(counts.groupby("hour")["minutes"].sum().max())
-    fig.update_yaxes(title_text="minutes", rangemode="tozero", dtick=max(1, -(-most // 6)))  # whole minutes
-    return _style(fig, title)
-
-
-def anomaly_share_figure(share: pd.DataFrame, min_severity: str) -> go.Figure:
-    title = "Anomalous vs normal minutes"
-    counts = dict(zip(share["status"], share["minutes"]))
-    scored = counts.get("anomalous", 0) + counts.get("normal", 0)
-    if scored == 0:
-        return message_figure(title, "No scored minute in this window")
-    fig = go.Figure(go.Pie(
-        labels=[f"anomalous ({min_severity}+)", "normal"], values=[counts.get("anomalous", 0), counts.get("normal", 0)],
-        hole=0.55, sort=False, marker={"colors": [SEVERITY_COLORS["high"], "#7fb3d5"]},
-        textinfo="label+percent", hovertemplate="%{label}: %{value} minutes<extra></extra>",
-    ))
-    fig.add_annotation(text=f"{scored:,}<br>scored<br>minutes", x=0.5, y=0.5, showarrow=False, font={"size": 13})
-    not_scored = counts.get("not scored", 0)
-    if not_scored:
-        fig.add_annotation(text=f"{not_scored:,} minutes not scored (no data, e.g. no block landed) are left out",
-                           x=0.5, y=-0.12, xref="paper", yref="paper", showarrow=False,
-                           font={"size": 11, "color": "#7b8794"})
-    fig.update_layout(showlegend=False)
-    return _style(fig, title)
-
-
-def clusters_figure(clusters: pd.DataFrame, min_severity: str, window: q.Window | None = None) -> go.Figure:
-    title = f"Coordinated clusters over time by pattern (severity {min_severity}+)"
-    if clusters.empty:
-        return message_figure(title, f"No cluster at {min_severity} or above in this window")
-    x_range = _x_range(window, pd.to_datetime(clusters["minute"]))
-    fig = go.Figure()
-    for i, (pattern, rows) in enumerate(clusters.groupby("pattern", sort=True)):
-        colour = PATTERN_COLORS.get(pattern, OTHER_PATTERN_COLORS[i % len(OTHER_PATTERN_COLORS)])
-        fig.add_bar(
-            x=pd.to_datetime(rows["minute"]), y=rows["members"], name=pattern,
-            marker_color=colour, width=_minute_bar_width_ms(x_range),
-            customdata=rows[["clusters", "severity"]].to_numpy(),
-            hovertemplate="%{x|%Y-%m-%d %H:%M}<br>" + pattern
-            + ": %{y:,} transactions in %{customdata[0]} cluster(s), up to %{customdata[1]}<extra></extra>",
-        )
-    fig.update_layout(barmode="stack")
-    fig.update_xaxes(range=x_range)
-    fig.update_yaxes(title_text="member transactions", rangemode="tozero")
-    return _style(fig, title, height=380)
-
-
-FORECAST_TITLE = "Transaction-rate forecast with its interval, against actuals"
-
-
-def forecast_figure(forecast: pd.DataFrame, actuals: pd.DataFrame, excursions: pd.DataFrame) -> go.Figure:
-    title = FORECAST_TITLE
-    if forecast.empty:
-        return message_figure(title, "No forecast in this window", height=400)
-    series = str(forecast["series"].iloc[0])
-    cutoff = pd.Timestamp(forecast["cutoff"].iloc[0])
-    ds = pd.to_datetime(forecast["ds"])
-    fig = go.Figure()
-    fig.add_scatter(x=ds, y=forecast["yhat_upper"], mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip")
-    fig.add_scatter(x=ds, y=forecast["yhat_lower"], mode="lines", line={"width": 0}, fill="tonexty",
-                    fillcolor="rgba(31, 119, 180, 0.18)", name="95 % interval", hoverinfo="skip")
-    fig.add_scatter(x=ds, y=forecast["yhat"], mode="lines", name="forecast", line={"color": "#1f77b4", "dash": "dash"},
-                    customdata=forecast[["yhat_lower", "yhat_upper"]].to_numpy(),
-                    hovertemplate="%{x|%H:%M} forecast %{y:,.1f} [%{customdata[0]:,.1f}, %{customdata[1]:,.1f}]<extra></extra>")
-    if not actuals.empty:
-        fig.add_scatter(x=pd.to_datetime(actuals["ds"]), y=actuals["y"], mode="lines", name="actual",
-                        line={"color": "#243b53", "width": 2},
-                        hovertemplate="%{x|%Y-%m-%d %H:%M} actual %{y:,.1f}<extra></extra>")
-    if not excursions.empty:
-        fig.add_scatter(x=pd.to_datetime(excursions["minute"]), y=excursions["y"], mode="markers", name="outside interval",
-                        marker={"color": [SEVERITY_COLORS.get(s, "#b02a37") for s in excursions["severity"]], "size": 10},
-                        hovertemplate="%{x|%H:%M} actual %{y:,.1f} outside the interval<extra></extra>")
-    fig.add_vline(x=cutoff, line={"color": "#7b8794", "dash": "dot", "width": 1})
-    fig.add_annotation(x=cutoff, y=0.02, yref="paper", text=f" forecast from {cutoff:%H:%M} →", showarrow=False,
-                       xanchor="left", yanchor="bottom", font={"size": 11, "color": "#52606d"})
-    unit = "transactions per minute"
-    if series.startswith("tx_per_minute_trailing"):
-        unit = "tx/min, trailing 60-minute rate"
-    fig.update_yaxes(title_text=unit, rangemode="tozero")
-    return _style(fig, f"{title}<br><sup>{series} · {forecast['model'].iloc[0]}</sup>", height=420, revision=title)
-
-
-# --------------------------------------------------------------------------------------------
-# Layout
-
-
-def _chips(presence: dict[str, bool]) -> list:
-    chips = []
-    for table, present in presence.items():
-        text = f"btc.{table}" if present else f"btc.{table}: not materialized yet"
-        chips.append(html.Span(("✓ " if present else "") + text, className="chip-ok" if present else "chip-missing"))
-    return chips
-
-
-def _dropdown(id_: str, options: list[tuple[str, object]], value, label: str, width: int = 200) -> html.Div:
-    return html.Div(
-        [html.Label(label, htmlFor=id_),
-         dcc.Dropdown(id=id_, options=[{"label": text, "value": "all" if v is None else v} for text, v in options],
-                      value=value, clearable=False)],
-        className="control", style={"width": f"{width}px"},
-    )
-
-
-def _graph(id_: str, wide: bool = False) -> html.Div:
-    return html.Div(dcc.Graph(id=id_, config={"displaylogo": False}), className="card wide" if wide else "card")
-
-
-def overview_layout() -> html.Div:
-    return html.Div([
-        html.Div([
-            html.Div([dcc.Graph(id="tx-count-chart", config={"displaylogo": False}),
-                      html.P(id="basis-note", className="note")], className="card wide"),
-            html.Div([
-                html.Div(_dropdown("heatmap-metric", [("tx_count", "tx_count")], "tx_count", "Heatmap metric", 260),
-                         className="controls"),
-                dcc.Graph(id="zscore-heatmap", config={"displaylogo": False}),
-            ], className="card wide"),
-            _graph("anomalies-by-hour"),
-            _graph("anomaly-share"),
-        ], className="grid"),
-    ], className="tab-body")
-
-
-def detection_layout() -> html.Div:
-    severities = [(s, s) for s in SEVERITIES]
-    return html.Div([
-        html.Div([
-            html.Div([
-                html.Div(_dropdown("cluster-severity", severities, "low", "Cluster severity at least"), className="controls"),
-                dcc.Graph(id="clusters-chart", config={"displaylogo": False}),
-                html.P("info clusters are the ordinary batch payouts and consolidations every block holds; "
-                       "low and above are unusual against the pattern's own baseline or labelled (CoinJoin, dust).",
-                       className="note"),
-            ], className="card wide"),
-            html.Div([dcc.Graph(id="forecast-chart", config={"displaylogo": False}),
-                      html.P(id="forecast-note", className="note")], className="card wide"),
-        ], className="grid"),
-    ], className="tab-body")
-
-
-def audit_layout() -> html.Div:
-    with warnings.catch_warnings():
-        # Dash 4 announces DataTable's move out of the core package; it is still the core table here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        table = dash_table.DataTable(
-            id="explanations-table",
-            columns=[{"id": c, "name": name} for c, name in AUDIT_COLUMNS],
-            data=[],
-            page_size=10,
-            filter_action="native",
-            sort_action="native",
-            sort_mode="multi",
-            filter_options={"case": "insensitive"},
-            style_table={"overflowX": "auto"},
-            style_cell={"fontFamily": FONT, "fontSize": "13px", "textAlign": "left", "padding": "6px 8px",
-                        "whiteSpace": "normal", "height": "auto", "maxWidth": "420px", "minWidth": "70px"},
-            style_header={"backgroundColor": "#eef2f6", "fontWeight": "600", "border": "1px solid #dde2e8"},
-            style_data={"border": "1px solid #e6e9ee"},
-            style_filter={"backgroundColor": "#fbfcfd"},
-            style_cell_conditional=[{"if": {"column_id": "summary"}, "minWidth": "380px"},
-                                    {"if": {"column_id": "minute"}, "minWidth": "130px"}],
-            style_data_conditional=[
-                *({"if": {"filter_query": f'{{severity}} = "{s}"', "column_id": "severity"},
-                   "color": SEVERITY_COLORS[s], "fontWeight": "600"} for s in ("medium", "high")),
-                {"if": {"filter_query": '{flag_for_investigation} = "yes"', "column_id": "flag_for_investigation"},
-                 "color": SEVERITY_COLORS["high"], "fontWeight": "600"},
-                {"if": {"filter_query": '{status} = "failed"'}, "backgroundColor": "#fff4e5"},
-                {"if": {"state": "active"}, "backgroundColor": "#e8f1fb", "border": "1px solid #7fb3d5"},
-            ],
-        )
-    return html.Div([
-        html.Div([
-            html.Div([html.Label("Search all fields", htmlFor="explanation-search"),
-                      dcc.Input(id="explanation-search", type="search", debounce=True,
-                                placeholder="e.g. coinjoin, flag, 02:19, claude", style={"width": "340px", "padding": "6px"})],
-                     className="control"),
-            html.Div(id="explanations-count", className="note"),
-        ], className="controls"),
-        html.Div(table, className="card"),
-        html.P("Type in a column's filter cell to filter it (e.g. high, yes, >= 2025-08-13 02:00); click a header to sort. "
-               "Click a row to read the whole explanation.", className="note"),
-        html.Div(id="explanation-detail", className="detail", children=html.P("No row selected.", className="note")),
-    ], className="tab-body")
-
-
-def page_layout(refresh_seconds: int) -> html.Div:
-    return html.Div([
-        dcc.Location(id="url", refresh=False),
-        dcc.Interval(id="refresh", interval=refresh_seconds * 1000, n_intervals=0),
-        html.Div([
-            html.H1("Bitcoin transaction anomalies"),
-            html.Div(id="status-line", className="status-line"),
-            html.Div(id="table-chips", className="chips"),
-        ], className="header"),
-        html.Div([
-            _dropdown("window-hours", WINDOW_CHOICES, DEFAULT_WINDOW_HOURS, "Window (to the newest minute)"),
-            _dropdown("anomaly-severity", [(s, s) for s in ("low", "medium", "high")], q.DEFAULT_FLAG_SEVERITY,
-                      "Anomaly severity at least"),
-        ], className="controls"),
-        dcc.Tabs(id="tabs", value=TAB_OVERVIEW,
-                 children=[dcc.Tab(label=label, value=value, style=TAB_STYLE, selected_style=TAB_SELECTED_STYLE)
-                           for value, label in TAB_LABELS.items()]),
-        html.Div(id="tab-content"),
-    ], className="page")
 
 
 # --------------------------------------------------------------------------------------------

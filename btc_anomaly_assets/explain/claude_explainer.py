@@ -29,32 +29,42 @@ log line, metadata or exception text carries it.
 API-version note: SDK 2.x sends ``anthropic-version: 2026-10-21`` and has no sampling parameters;
 that API version rejects ``temperature``/``top_p``/``top_k`` with HTTP 400, so determinism comes
 from the fixed system prompt and the JSON schema, not from a low temperature.
+
+Where the parts live: this module holds the client (model check, requests, retries); a run's
+cache, budgets and sync path are in ``claude_run``, the Message Batches path in ``claude_batches``,
+prices and token usage in ``claude_costs``, errors and retry signals in ``claude_errors``. Answer
+parsing and validation are in ``prompt``. Everything public is re-exported here.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
-import re
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping
+from typing import Any, Callable, Container, Iterable, Mapping
 
+from btc_anomaly_assets.explain.claude_batches import PendingBatch
+from btc_anomaly_assets.explain.claude_costs import MODEL_PRICES, ModelPrice, TokenUsage, estimate_cost_usd, price_for
+from btc_anomaly_assets.explain.claude_errors import (
+    ClaudeApiError,
+    ClaudeConfigError,
+    ClaudeExplainerError,
+    ClaudeRetriesExhausted,
+    ClaudeSpendLimitReached,
+    _BadAnswer,
+    _is_retryable_status,
+    retry_after_seconds,
+)
+from btc_anomaly_assets.explain.claude_run import ClaudeRun
 from btc_anomaly_assets.explain.evidence import explanation_content_hash
 from btc_anomaly_assets.explain.prompt import (
     ANOMALY_EXPLANATION_COLUMNS,
     EXPLANATION_SCHEMA,
     PROMPT_VERSION,
     SOURCE_CLAUDE,
-    STATUS_FAILED,
     SYSTEM_PROMPT,
     ExplanationFormatError,
-    RunStats,
-    cache_lookup,
-    explanation_row,
     parse_answer_text,
     render_user_message,
     validate_answer,
@@ -78,6 +88,8 @@ __all__ = [
     "PendingBatch",
     "TokenUsage",
     "estimate_cost_usd",
+    "price_for",
+    "retry_after_seconds",
     "make_explainer",
 ]
 
@@ -97,222 +109,6 @@ NON_RETRYABLE_ERROR_CODES = {
     "contract_spend_limit_reached",
     "linked_organization_spend_limit_reached",
 }
-_BATCH_ERRORS_STORED_AS_FAILED = {"invalid_request_error"}
-_DATED_SUFFIX = re.compile(r"-\d{8}$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Prices and usage
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelPrice:
-    """List price in USD per million tokens (base input, output)."""
-
-    input_usd_per_mtok: float
-    output_usd_per_mtok: float
-
-
-# An ESTIMATE from Anthropic's published list prices (standard tier, USD per million tokens).
-# Prices change and discounts are not known here; the figures feed metadata, not billing.
-MODEL_PRICES: dict[str, ModelPrice] = {
-    "claude-haiku-4-5": ModelPrice(1.0, 5.0),
-    "claude-sonnet-4-5": ModelPrice(3.0, 15.0),
-    "claude-sonnet-4-6": ModelPrice(3.0, 15.0),
-    "claude-opus-4-5": ModelPrice(5.0, 25.0),
-    "claude-opus-4-6": ModelPrice(5.0, 25.0),
-    "claude-sonnet-5": ModelPrice(2.0, 10.0),
-}
-BATCH_DISCOUNT = 0.5  # Message Batches bill at half price
-CACHE_WRITE_MULTIPLIER = 1.25  # 5-minute prompt-cache writes
-CACHE_READ_MULTIPLIER = 0.1
-
-
-def price_for(model_id: str, prices: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
-    """The price of a model id, dated snapshots (``-20251001``) matching their alias."""
-    table = prices if prices is not None else MODEL_PRICES
-    return table.get(model_id) or table.get(_DATED_SUFFIX.sub("", model_id))
-
-
-@dataclass
-class TokenUsage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-
-    @classmethod
-    def from_sdk(cls, usage: Any) -> "TokenUsage":
-        return cls(
-            input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
-            cache_creation_input_tokens=int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
-            cache_read_input_tokens=int(getattr(usage, "cache_read_input_tokens", 0) or 0),
-        )
-
-    @property
-    def total_input(self) -> int:
-        """All input tokens billed: uncached + cache writes + cache reads."""
-        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
-
-    @property
-    def total(self) -> int:
-        return self.total_input + self.output_tokens
-
-    def __add__(self, other: "TokenUsage") -> "TokenUsage":
-        return TokenUsage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
-            self.cache_read_input_tokens + other.cache_read_input_tokens,
-        )
-
-
-def estimate_cost_usd(
-    model_id: str,
-    usage: TokenUsage,
-    *,
-    batch: bool = False,
-    prices: Mapping[str, ModelPrice] | None = None,
-) -> float | None:
-    """Estimated USD cost of ``usage`` on ``model_id``; None when the model has no listed price."""
-    price = price_for(model_id, prices)
-    if price is None:
-        return None
-    input_units = (
-        usage.input_tokens
-        + usage.cache_creation_input_tokens * CACHE_WRITE_MULTIPLIER
-        + usage.cache_read_input_tokens * CACHE_READ_MULTIPLIER
-    )
-    cost = (input_units * price.input_usd_per_mtok + usage.output_tokens * price.output_usd_per_mtok) / 1_000_000
-    return round(cost * (BATCH_DISCOUNT if batch else 1.0), 8)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------------------------
-
-
-class ClaudeExplainerError(RuntimeError):
-    """Base class; messages never contain the API key."""
-
-
-class ClaudeConfigError(ClaudeExplainerError):
-    """Bad configuration found at start-up: missing key, rejected key, unknown or retired model."""
-
-
-class ClaudeApiError(ClaudeExplainerError):
-    """The API answered with an error that retrying will not fix (or retries ran out)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        error_type: str | None = None,
-        error_code: str | None = None,
-        request_id: str | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.error_code = error_code
-        self.request_id = request_id
-
-
-class ClaudeRetriesExhausted(ClaudeApiError):
-    """Retryable errors (429/529/5xx/connection) outlasted the retry budget or its maximum wait."""
-
-
-class ClaudeSpendLimitReached(ClaudeApiError):
-    """The organisation hit a spend limit (429 enforced_spend_limit_reached); never retried."""
-
-
-class _BadAnswer(Exception):
-    def __init__(self, reason: str, *, retry_with_more_room: bool):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_with_more_room = retry_with_more_room
-
-
-# ---------------------------------------------------------------------------------------------
-# Retry helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date)."""
-    if not headers:
-        return None
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        return max(0.0, email.utils.mktime_tz(parsed) - now())
-
-
-def _is_retryable_status(status: int, headers: Mapping[str, str]) -> bool:
-    should_retry = headers.get("x-should-retry")
-    if should_retry in ("true", "false"):
-        return should_retry == "true"
-    return status in (408, 409, 429) or status >= 500
-
-
-# ---------------------------------------------------------------------------------------------
-# Pending batches
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PendingBatch:
-    """A Message Batch created but not yet collected; persist ``to_json()`` and resume next run.
-
-    ``evidences`` maps each request's ``custom_id`` (the explanation content hash) to the exact
-    evidence sent, so collecting needs nothing else from the caller.
-    """
-
-    batch_id: str
-    model_id: str
-    prompt_version: str
-    created_at: str
-    evidences: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def content_hashes(self) -> set[str]:
-        return set(self.evidences)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "batch_id": self.batch_id,
-                "model_id": self.model_id,
-                "prompt_version": self.prompt_version,
-                "created_at": self.created_at,
-                "evidences": self.evidences,
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> "PendingBatch":
-        data = json.loads(text)
-        missing = {"batch_id", "model_id", "prompt_version", "created_at", "evidences"} - set(data)
-        if missing:
-            raise ValueError(f"pending batch JSON is missing {sorted(missing)}")
-        return cls(**data)
-
 
 # ---------------------------------------------------------------------------------------------
 # The explainer
@@ -692,309 +488,6 @@ class ClaudeExplainer:
         row = run.explain_sync(evidence, self.content_hash(evidence))
         assert row is not None  # only a budget refusal yields None, and there is no budget here
         return row
-
-
-class ClaudeRun:
-    """One explanation run: cache, call cap, daily token budget, batches. Not thread-safe.
-
-    Iterate ``explain(evidences)``; afterwards ``stats`` holds the counters for metadata and
-    ``pending_batches`` the batches to persist for the next run (kept accurate while iterating,
-    so a caller may persist it in a ``finally`` block even when the run raises).
-    """
-
-    def __init__(
-        self,
-        explainer: ClaudeExplainer,
-        *,
-        already_explained: Callable[[str], bool] | Container[str] | None,
-        tokens_used_today: int,
-        pending_batches: list[PendingBatch],
-    ):
-        if tokens_used_today < 0:
-            raise ValueError(f"tokens_used_today must be >= 0, got {tokens_used_today}")
-        self.explainer = explainer
-        self.is_cached = cache_lookup(already_explained)
-        self.tokens_used_today = int(tokens_used_today)
-        self.pending_batches: list[PendingBatch] = list(pending_batches)
-        self.max_calls: int | None = explainer.max_calls_per_run
-        self.daily_token_budget: int | None = explainer.daily_token_budget
-        self.stats = RunStats(source=explainer.source, model_id=explainer.model_id, prompt_version=explainer.prompt_version)
-        for note in explainer.notes:
-            self.stats.note(note)
-        self._done: set[str] = set()
-        self._retries_at_start = explainer.http_retries
-        self._budget_logged: set[str] = set()
-
-    # -- budgets -------------------------------------------------------------------------------
-
-    def _tokens_spent(self) -> int:
-        return self.tokens_used_today + self.stats.input_tokens + self.stats.output_tokens
-
-    def _refusal_reason(self, extra_calls: int, extra_tokens: int) -> str | None:
-        """'call_cap' / 'token_budget' when one more request must not be sent, else None."""
-        if self.max_calls is not None and self.stats.api_calls + extra_calls > self.max_calls:
-            return "call_cap"
-        budget = self.daily_token_budget
-        if budget is not None and self._tokens_spent() + extra_tokens > budget:
-            return "token_budget"
-        return None
-
-    def _skip(self, reason: str) -> None:
-        if reason == "call_cap":
-            self.stats.skipped_call_cap += 1
-            message = f"call cap reached ({self.max_calls} requests per run); remaining anomalies wait for the next run"
-        else:
-            self.stats.skipped_token_budget += 1
-            message = (
-                f"daily token budget reached ({self._tokens_spent():,} of {self.daily_token_budget:,} tokens); "
-                "remaining anomalies wait for the next run"
-            )
-        if reason not in self._budget_logged:
-            self._budget_logged.add(reason)
-            log.warning("%s", message)
-            self.stats.note(message)
-
-    def _charge(self, usage: TokenUsage, cost: float | None, calls: int) -> None:
-        self.stats.api_calls += calls
-        self.stats.add_usage(usage.total_input, usage.output_tokens, cost)
-
-    # -- main loop -----------------------------------------------------------------------------
-
-    def explain(self, evidences: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Yield explanation rows: first from pending batches, then for the new evidences."""
-        try:
-            for pending in list(self.pending_batches):
-                yield from self._collect(pending)
-            in_flight = {h for p in self.pending_batches for h in p.content_hashes}
-            todo: dict[str, Mapping[str, Any]] = {}  # keyed by content hash: repeats collapse
-            for evidence in evidences:
-                self.stats.candidates += 1
-                content_hash = self.explainer.content_hash(evidence)
-                if content_hash in self._done or content_hash in todo or self.is_cached(content_hash):
-                    self.stats.cached += 1
-                elif content_hash in in_flight:
-                    self.stats.in_flight_batch += 1
-                else:
-                    todo[content_hash] = evidence
-            threshold = self.explainer.batch_threshold
-            if threshold is not None and self.explainer.batches_supported and len(todo) >= threshold:
-                yield from self._explain_by_batch(list(todo.items()))
-            else:
-                for content_hash, evidence in todo.items():
-                    reason = self._refusal_reason(1, self.explainer.estimate_tokens(evidence, self.explainer.max_tokens))
-                    if reason:
-                        self._skip(reason)
-                        continue
-                    row = self.explain_sync(evidence, content_hash)
-                    if row is not None:
-                        self._done.add(content_hash)
-                        yield row
-        finally:
-            self.stats.http_retries = self.explainer.http_retries - self._retries_at_start
-
-    def explain_sync(self, evidence: Mapping[str, Any], content_hash: str) -> dict[str, Any] | None:
-        """One evidence through the Messages API: first attempt, then one retry with more room."""
-        return self._answer_with_retry(evidence, content_hash, first=None)
-
-    def _answer_with_retry(
-        self,
-        evidence: Mapping[str, Any],
-        content_hash: str,
-        *,
-        first: tuple[Any, TokenUsage, float | None] | None,
-        batch_id: str | None = None,
-        model_id: str | None = None,
-    ) -> dict[str, Any] | None:
-        """Shared by sync and batch paths; ``first`` is an answer already paid for (message, usage, cost)."""
-        total_usage, total_cost, calls = TokenUsage(), 0.0, 0
-        cost_known = True
-        problems: list[str] = []
-        attempts = [self.explainer.max_tokens, self.explainer.retry_max_tokens]
-        for index, max_tokens in enumerate(attempts):
-            if index == 0 and first is not None:
-                message, usage, cost = first
-            else:
-                if index > 0:
-                    reason = self._refusal_reason(1, self.explainer.estimate_tokens(evidence, max_tokens))
-                    if reason:
-                        # The first answer was billed but the retry cannot be paid for now: leave
-                        # the item unexplained (no row) so the next run tries again.
-                        self._skip(reason)
-                        return None
-                message = self.explainer._create_message(evidence, max_tokens)
-                usage = TokenUsage.from_sdk(message.usage)
-                cost = estimate_cost_usd(self.explainer.model_id, usage, prices=self.explainer.prices)
-                self._charge(usage, cost, 1)
-            calls += 1
-            total_usage = total_usage + usage
-            if cost is None:
-                cost_known = False
-            else:
-                total_cost += cost
-            try:
-                answer = self.explainer.answer_from_message(message, max_tokens)
-            except _BadAnswer as bad:
-                problems.append(bad.reason)
-                log.warning("explanation of %s: %s", evidence["anomaly_id"], bad.reason)
-                if not bad.retry_with_more_room:
-                    break
-                continue
-            return self._row(
-                evidence, content_hash, answer, None, calls, total_usage, total_cost if cost_known else None,
-                batch_id, getattr(message, "model", None) or model_id,
-            )
-        error = "; then ".join(problems) + f" ({calls} attempt{'s' if calls > 1 else ''})"
-        return self._row(
-            evidence, content_hash, None, error, calls, total_usage, total_cost if cost_known else None,
-            batch_id, model_id,
-        )
-
-    def _row(
-        self,
-        evidence: Mapping[str, Any],
-        content_hash: str,
-        answer: Mapping[str, Any] | None,
-        error: str | None,
-        calls: int,
-        usage: TokenUsage,
-        cost: float | None,
-        batch_id: str | None,
-        model_id: str | None,
-    ) -> dict[str, Any]:
-        row = explanation_row(
-            evidence,
-            answer=answer,
-            source=self.explainer.source,
-            model_id=model_id or self.explainer.model_id,
-            prompt_version=self.explainer.prompt_version,
-            content_hash=content_hash,
-            status="ok" if answer is not None else STATUS_FAILED,
-            error=error,
-            api_calls=calls,
-            batch_id=batch_id,
-            input_tokens=usage.total_input,
-            output_tokens=usage.output_tokens,
-            estimated_cost_usd=cost,
-        )
-        self.stats.add_row(row)
-        return row
-
-    # -- batches -------------------------------------------------------------------------------
-
-    def _explain_by_batch(self, todo: list[tuple[str, Mapping[str, Any]]]) -> Iterator[dict[str, Any]]:
-        selected: dict[str, dict[str, Any]] = {}
-        projected = 0
-        for content_hash, evidence in todo:
-            estimate = self.explainer.estimate_tokens(evidence, self.explainer.max_tokens)
-            reason = self._refusal_reason(len(selected) + 1, projected + estimate)
-            if reason:
-                self._skip(reason)
-                continue
-            selected[content_hash] = dict(evidence)
-            projected += estimate
-        if not selected:
-            return
-        requests = [
-            {"custom_id": content_hash, "params": self.explainer.request_params(evidence, self.explainer.max_tokens)}
-            for content_hash, evidence in selected.items()
-        ]
-        batch = self.explainer._call(
-            lambda: self.explainer._client.messages.batches.create(requests=requests), f"creating a batch of {len(requests)}"
-        )
-        self.stats.batches_created += 1
-        self.stats.api_calls += len(requests)
-        pending = PendingBatch(
-            batch_id=batch.id,
-            model_id=self.explainer.model_id,
-            prompt_version=self.explainer.prompt_version,
-            created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            evidences=selected,
-        )
-        self.pending_batches.append(pending)
-        log.info("created Message Batch %s with %d requests", batch.id, len(requests))
-        yield from self._collect(pending)
-
-    def _collect(self, pending: PendingBatch) -> Iterator[dict[str, Any]]:
-        """Poll a batch for at most ``batch_max_wait_seconds``; when ended, yield its rows."""
-        x = self.explainer
-        deadline = x._clock() + x.batch_max_wait_seconds
-        while True:
-            try:
-                batch = x._call(lambda: x._client.messages.batches.retrieve(pending.batch_id), f"polling batch {pending.batch_id}")
-            except ClaudeApiError as exc:
-                if exc.status != 404:
-                    raise
-                self._drop(pending, "no longer exists (404)")
-                return
-            if batch.processing_status == "ended" and not batch.results_url:
-                self._drop(pending, "ended without downloadable results (archived or expired)")
-                return
-            if batch.processing_status == "ended":
-                break
-            remaining = deadline - x._clock()
-            if remaining <= 0:
-                self.stats.batch_items_unfinished += len(pending.evidences)
-                self.stats.note(f"batch {pending.batch_id} still {batch.processing_status}; resume it next run")
-                log.info("batch %s still %s after %.0f s; left pending", pending.batch_id, batch.processing_status, x.batch_max_wait_seconds)
-                return
-            x._sleep(min(x.batch_poll_interval_seconds, remaining))
-        results = x._call(lambda: list(x._client.messages.batches.results(pending.batch_id)), f"reading results of batch {pending.batch_id}")
-        by_id = {r.custom_id: r for r in results}
-        for content_hash, evidence in pending.evidences.items():
-            if content_hash in self._done or self.is_cached(content_hash):
-                continue
-            entry = by_id.get(content_hash)
-            row = self._row_from_batch_entry(pending, content_hash, evidence, entry)
-            self._done.add(content_hash)
-            if row is not None:
-                yield row
-        self.stats.batches_collected += 1
-        self.pending_batches.remove(pending)
-
-    def _drop(self, pending: PendingBatch, why: str) -> None:
-        """Forget a batch whose results cannot be had; its items are not cached, so they are re-sent."""
-        message = f"batch {pending.batch_id} {why}; its {len(pending.evidences)} items will be explained again"
-        log.warning("%s", message)
-        self.stats.note(message)
-        self.stats.batch_items_unfinished += len(pending.evidences)
-        self.pending_batches.remove(pending)
-
-    def _row_from_batch_entry(
-        self, pending: PendingBatch, content_hash: str, evidence: Mapping[str, Any], entry: Any
-    ) -> dict[str, Any] | None:
-        if entry is None:
-            self.stats.batch_items_unfinished += 1
-            self.stats.note(f"batch {pending.batch_id} returned no result for some requests; they are retried next run")
-            return None
-        kind = entry.result.type
-        if kind == "succeeded":
-            message = entry.result.message
-            usage = TokenUsage.from_sdk(message.usage)
-            cost = estimate_cost_usd(pending.model_id, usage, batch=True, prices=self.explainer.prices)
-            self.stats.add_usage(usage.total_input, usage.output_tokens, cost)
-            return self._answer_with_retry(
-                evidence,
-                content_hash,
-                first=(message, usage, cost),
-                batch_id=pending.batch_id,
-                model_id=getattr(message, "model", None) or pending.model_id,
-            )
-        if kind == "errored":
-            error = entry.result.error.error
-            error_type, error_message = getattr(error, "type", "error"), getattr(error, "message", "")
-            if error_type in _BATCH_ERRORS_STORED_AS_FAILED:
-                return self._row(
-                    evidence, content_hash, None,
-                    self.explainer._redact(f"batch request errored: {error_type}: {error_message}"[:500]),
-                    1, TokenUsage(), 0.0, pending.batch_id, pending.model_id,
-                )
-            self.stats.batch_items_unfinished += 1
-            self.stats.note(f"batch {pending.batch_id}: {error_type} on some requests; they are retried next run")
-            return None
-        # expired or canceled: not billed, not answered; the next run sends them again.
-        self.stats.batch_items_unfinished += 1
-        self.stats.note(f"batch {pending.batch_id}: some requests {kind}; they are retried next run")
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
