@@ -10,15 +10,12 @@ import pytest
 from slack_sdk import WebClient
 
 from btc_anomaly_assets.alerts.block_kit import SlackMessage
+from btc_anomaly_assets.alerts.destinations import STATUS_FAILED, STATUS_SENT, OutboxDestination, read_outbox
 from btc_anomaly_assets.alerts.slack_delivery import (
-    STATUS_FAILED,
-    STATUS_SENT,
     BotChannelDestination,
-    OutboxDestination,
     RateLimiter,
     RetryPolicy,
     WebhookDestination,
-    read_outbox,
     select_destination,
 )
 from btc_anomaly_assets.alerts.slack_messages import build_ewma_anomaly_message
@@ -108,6 +105,16 @@ def test_webhook_429_waits_for_retry_after_then_succeeds(slack, clock):
     assert clock.sleeps == [7.0]
     assert slack.request_times[1] - slack.request_times[0] >= 7.0
     assert len(slack.received) == 1
+
+
+def test_webhook_429_with_an_http_date_retry_after_waits_until_that_date(slack, clock):
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    slack.queue_webhook("rate_limited:" + format_datetime(datetime.now(timezone.utc) + timedelta(seconds=20), usegmt=True))
+    result = webhook(slack, clock).deliver(MESSAGE)
+    assert result.ok and result.attempts == 2
+    assert len(clock.sleeps) == 1 and 17.0 <= clock.sleeps[0] <= 20.0  # not the 1 s backoff a date used to fall back to
 
 
 def test_webhook_500_is_retried_with_backoff(slack, clock):

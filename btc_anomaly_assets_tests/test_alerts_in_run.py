@@ -8,9 +8,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from btc_anomaly_assets.alerts.destinations import read_outbox
 from btc_anomaly_assets.alerts.resources import AlertDestinationResource
 from btc_anomaly_assets.alerts.sensors import ALERTS_TABLE, evaluate_alert_sensor
-from btc_anomaly_assets.alerts.slack_delivery import read_outbox
 from btc_anomaly_assets.common.resources import WarehouseResource
 from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS
 from btc_anomaly_assets.common.warehouse import Warehouse

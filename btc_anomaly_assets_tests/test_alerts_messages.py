@@ -28,9 +28,9 @@ from btc_anomaly_assets.alerts.slack_messages import (
     build_run_failure_message,
     dagster_partition_url,
     meets_min_severity,
-    redact_secrets,
     unit_for_metric,
 )
+from btc_anomaly_assets.common.redaction import redact_secrets
 from btc_anomaly_assets.common.schema import COORDINATED_CLUSTER_COLUMNS, EWMA_ANOMALY_COLUMNS, column_names
 
 UI = "http://dagster.example:3000"

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
+from btc_anomaly_assets.alerts.destinations import read_outbox
 from btc_anomaly_assets.alerts.resources import AlertDestinationResource
 from btc_anomaly_assets.alerts.sensors import pipeline_failure_alert
-from btc_anomaly_assets.alerts.slack_delivery import read_outbox
 
 
 @dg.op

@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from btc_anomaly_assets.alerts.destinations import read_outbox
 from btc_anomaly_assets.alerts.resources import AlertDestinationResource
 from btc_anomaly_assets.alerts.sensors import (
     ALERTS_TABLE,
@@ -17,7 +18,6 @@ from btc_anomaly_assets.alerts.sensors import (
     evaluate_alert_sensor,
     send_anomaly_alert,
 )
-from btc_anomaly_assets.alerts.slack_delivery import read_outbox
 from btc_anomaly_assets.common.dagster_helpers import EWMA_ANOMALIES
 from btc_anomaly_assets.common.partitions import minute_partitions
 from btc_anomaly_assets.common.resources import WarehouseResource

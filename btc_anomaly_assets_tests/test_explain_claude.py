@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from btc_anomaly_assets.common.redaction import REDACTED
 from btc_anomaly_assets.common.schema import column_names
 from btc_anomaly_assets.explain.claude_explainer import (
     ClaudeApiError,
@@ -340,7 +341,7 @@ def test_the_key_never_appears_in_logs_errors_reprs_metadata_or_rows(fake, serve
         json.dumps(run.stats.as_metadata()),
         json.dumps(rows, default=str),
     ]
-    assert "[redacted]" in str(info.value)
+    assert REDACTED in str(info.value)
     assert "Retrying" in caplog.text or "retry 1 of 1" in caplog.text  # debug logging was captured
     for text in texts:
         assert FAKE_API_KEY not in text

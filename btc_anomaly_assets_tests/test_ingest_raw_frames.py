@@ -185,9 +185,9 @@ def test_empty_inputs_give_the_typed_empty_frame(text_records):
 
 
 def test_naive_utc_helper_converts_aware_datetimes():
-    from btc_anomaly_assets.ingest.raw_frames import to_naive_utc
+    from btc_anomaly_assets.common.utc import naive_utc
 
     aware = datetime(2025, 8, 13, 2, 0, tzinfo=timezone.utc).astimezone()
-    assert to_naive_utc(aware) == datetime(2025, 8, 13, 2, 0)
+    assert naive_utc(aware) == datetime(2025, 8, 13, 2, 0)
     with pytest.raises(TypeError, match="start must be a datetime"):
-        to_naive_utc("2025-08-13", name="start")
+        naive_utc("2025-08-13", name="start")

@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 
 from btc_anomaly_assets.aggregates.resources import build_pyspark_resource
+from btc_anomaly_assets.alerts.destinations import read_outbox
 from btc_anomaly_assets.alerts.resources import AlertDestinationResource
-from btc_anomaly_assets.alerts.slack_delivery import read_outbox
 from btc_anomaly_assets.common.lake import raw_path, read_raw_window
 from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
 from btc_anomaly_assets.common.warehouse import Warehouse

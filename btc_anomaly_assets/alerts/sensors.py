@@ -9,7 +9,7 @@ delivery stays ``failed`` and is retried on a later tick.
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 
 import dagster as dg
 import pandas as pd
@@ -24,6 +24,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
 )
 from btc_anomaly_assets.common.resources import WarehouseResource
 from btc_anomaly_assets.common.schema import ALERT_COLUMNS, SEVERITIES, severity_rank
+from btc_anomaly_assets.common.utc import utc_now
 
 ALERTS_TABLE = "alerts"
 MAX_DELIVERY_ATTEMPTS = 10
@@ -42,10 +43,6 @@ class AlertRunConfig(dg.Config):
     kind: str
     asset: str
     item_ids: list[str]
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _severities_at_or_above(minimum: str) -> list[str]:
@@ -146,7 +143,7 @@ def deliver_alert_items(wh, alerts: AlertDestinationResource, config: AlertRunCo
         return "already_sent"
     pending = _not_yet_delivered(wh, config.item_ids)
     attempts_before = int(record["attempts"].iloc[0]) if not record.empty else 0
-    created_at = record["created_at"].iloc[0] if not record.empty else _now()
+    created_at = record["created_at"].iloc[0] if not record.empty else utc_now()
     if not pending:
         _record(wh, config, [], "skipped", "-", attempts_before, "every item was already delivered in another alert", "", "{}",
                 created_at, None)

@@ -28,7 +28,6 @@ tokens from anything that is emitted.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -37,25 +36,30 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from http.client import HTTPException
-from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 from urllib.error import URLError
 
-from filelock import FileLock
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 from slack_sdk.web import WebClient
 from slack_sdk.webhook import WebhookClient
 
 from btc_anomaly_assets.alerts.block_kit import SlackMessage
-from btc_anomaly_assets.alerts.slack_messages import redact_secrets
+from btc_anomaly_assets.alerts.destinations import (
+    STATUS_FAILED,
+    STATUS_SENT,
+    AlertDestination,
+    DeliveryResult,
+    OutboxDestination,
+    message_payload,
+)
+from btc_anomaly_assets.common.http_policy import retry_after_seconds
+from btc_anomaly_assets.common.redaction import RedactingFilter, redact_secrets
+from btc_anomaly_assets.common.utc import utc_now
 
 logger = logging.getLogger(__name__)
-
-STATUS_SENT = "sent"
-STATUS_FAILED = "failed"
 
 # Explanations for the errors an operator can fix; the codes come from Slack's docs
 # (api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks, chat.postMessage).
@@ -87,22 +91,6 @@ _TRANSIENT_EXCEPTIONS = (TimeoutError, socket.timeout, URLError, ConnectionError
 
 
 @dataclass(frozen=True)
-class DeliveryResult:
-    """What happened to one message. ``destination`` is a redacted label; ``sent_at`` naive UTC."""
-
-    status: str
-    destination: str
-    attempts: int
-    error: str | None = None
-    sent_at: datetime | None = None
-    slack_ts: str | None = None  # chat.postMessage's message timestamp (bot destination only)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == STATUS_SENT
-
-
-@dataclass(frozen=True)
 class RetryPolicy:
     """Bounds on retrying one delivery (defaults keep a failing delivery under ~1 minute)."""
 
@@ -121,12 +109,6 @@ class RetryPolicy:
     def backoff_seconds(self, failed_attempt: int) -> float:
         """Wait after the ``failed_attempt``-th (1-based) transient failure."""
         return min(self.backoff_base_seconds * 2 ** (failed_attempt - 1), self.backoff_max_seconds)
-
-
-class AlertDestination(Protocol):
-    name: str
-
-    def deliver(self, message: SlackMessage | Mapping[str, Any]) -> DeliveryResult: ...
 
 
 class RateLimiter:
@@ -185,12 +167,12 @@ class _InjectableRateLimitHandler(RateLimitErrorRetryHandler):
     def _can_retry(self, *, state, request, response=None, error=None) -> bool:
         if not super()._can_retry(state=state, request=request, response=response, error=error):
             return False
-        retry_after = _retry_after_seconds(response.headers)
+        retry_after = retry_after_seconds(response.headers)
         return retry_after is None or retry_after <= self._max_wait_seconds
 
     def prepare_for_next_attempt(self, *, state, request, response=None, error=None) -> None:
         state.next_attempt_requested = True
-        retry_after = _retry_after_seconds(response.headers) if response is not None else None
+        retry_after = retry_after_seconds(response.headers) if response is not None else None
         wait = (1.0 if retry_after is None else retry_after) + self._jitter()
         self.waits.append(wait)
         self._sleep(wait)
@@ -268,7 +250,7 @@ class _HttpDestination:
         raise NotImplementedError
 
     def _rate_limited(self, headers: Mapping[str, Any] | None) -> _Outcome:
-        retry_after = _retry_after_seconds(headers or {})
+        retry_after = retry_after_seconds(headers or {})
         waited = len(self._rate_limit_handler.waits)
         detail = f"Retry-After {retry_after:g} s" if retry_after is not None else "no Retry-After"
         if retry_after is not None and retry_after > self._retry.max_retry_after_seconds:
@@ -403,58 +385,6 @@ class BotChannelDestination(_HttpDestination):
 
 
 # --------------------------------------------------------------------------------------------
-# Outbox
-
-
-class OutboxDestination:
-    """Append one JSON line per message to a local file (the default without a Slack destination).
-
-    Each line is ``{"destination", "key", "payload", "written_at"}``; ``payload`` is exactly what
-    a webhook would receive. Appends are serialised with a file lock so concurrent runs do not
-    interleave lines.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, now: Callable[[], datetime] = lambda: utc_now()):
-        self.path = Path(path)
-        self.name = f"outbox:{self.path}"
-        self._now = now
-
-    def deliver(self, message: SlackMessage | Mapping[str, Any]) -> DeliveryResult:
-        written_at = self._now()
-        try:
-            payload = message_payload(message)
-            line = json.dumps(
-                {
-                    "destination": self.name,
-                    "key": getattr(message, "key", None),
-                    "payload": payload,
-                    "written_at": written_at.isoformat(),
-                },
-                ensure_ascii=False,
-                default=str,
-            )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(f"{self.path}.lock"):
-                with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
-        except (OSError, ValueError, TypeError) as err:
-            error = redact_secrets(f"could not write outbox {self.path}: {type(err).__name__}: {err}")
-            logger.warning("Slack alert to %s failed: %s", self.name, error)
-            return DeliveryResult(status=STATUS_FAILED, destination=self.name, attempts=1, error=error)
-        logger.info("Slack alert written to %s", self.name)
-        return DeliveryResult(status=STATUS_SENT, destination=self.name, attempts=1, sent_at=written_at)
-
-    def __repr__(self) -> str:
-        return f"OutboxDestination({self.name!r})"
-
-
-def read_outbox(path: str | os.PathLike) -> list[dict]:
-    """The outbox's records in order (for tests and for replaying pending alerts)."""
-    with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-# --------------------------------------------------------------------------------------------
 # Selection and helpers
 
 
@@ -482,27 +412,10 @@ def select_destination(
     return OutboxDestination(outbox_path)
 
 
-def message_payload(message: SlackMessage | Mapping[str, Any]) -> dict:
-    """``{"text", "blocks"}`` of a ``SlackMessage`` or a payload dict; ValueError without text."""
-    payload = message.payload() if isinstance(message, SlackMessage) else dict(message)
-    text = payload.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("a Slack message needs a non-empty fallback 'text'")
-    blocks = payload.get("blocks") or []
-    if not isinstance(blocks, list):
-        raise ValueError(f"'blocks' must be a list, got {type(blocks).__name__}")
-    return {"text": text, "blocks": blocks}
-
-
 def redact_webhook_url(url: str) -> str:
     """``…/T0/B0/***`` for a Slack webhook URL (team and hook ids kept, secret dropped); else ``***``."""
     match = _WEBHOOK_IDS.search(url)
     return f"…/{match.group(1)}/{match.group(2)}/***" if match else "***"
-
-
-def utc_now() -> datetime:
-    """Now as a naive UTC datetime (the project's timestamp convention)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _describe_error_code(code: str) -> str:
@@ -510,37 +423,15 @@ def _describe_error_code(code: str) -> str:
     return f"{code} ({hint})" if hint else code
 
 
-def _retry_after_seconds(headers: Mapping[str, Any]) -> float | None:
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            raw = value[0] if isinstance(value, (list, tuple)) else value
-            try:
-                return max(float(raw), 0.0)
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-class _RedactingFilter(logging.Filter):
-    """Rewrite a record's message with webhook secrets and tokens redacted."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact_secrets(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
 def _sdk_logger() -> logging.Logger:
     # slack_sdk's WebhookClient formats the full URL into DEBUG lines whenever its logger's *own*
     # level is <= DEBUG (NOTSET counts), and into an INFO line on connection retries.
     sdk_logger = logging.getLogger(f"{__name__}.slack_sdk")
     sdk_logger.setLevel(logging.WARNING)
-    if not any(isinstance(f, _RedactingFilter) for f in sdk_logger.filters):
-        sdk_logger.addFilter(_RedactingFilter())
+    if not any(isinstance(f, RedactingFilter) for f in sdk_logger.filters):
+        sdk_logger.addFilter(RedactingFilter())
     return sdk_logger
 
 
 _SDK_LOGGER = _sdk_logger()
-logger.addFilter(_RedactingFilter())
+logger.addFilter(RedactingFilter())

@@ -25,15 +25,15 @@ fields (a ``DataFrame`` row via ``row.to_dict()`` works), plus optional ``summar
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 from btc_anomaly_assets.alerts import block_kit as bk
+from btc_anomaly_assets.alerts import formatting as fmt
 from btc_anomaly_assets.alerts.block_kit import MAX_SECTION_TEXT, SlackMessage
+from btc_anomaly_assets.common.redaction import redact_secrets
 from btc_anomaly_assets.common.schema import SEVERITIES, severity_rank
 
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
@@ -66,10 +66,6 @@ _UNIT_SUFFIXES = (
     ("_sat", "sat"),
 )
 
-# Secrets that could end up inside an error text (run-failure messages, delivery errors).
-_WEBHOOK_SECRET = re.compile(r"(/services/[^/\s]+/[^/\s]+/)[^\s/?#'\"<>|)]+")
-_SLACK_TOKEN = re.compile(r"\bxox[a-zA-Z]-[A-Za-z0-9-]+")
-_ANTHROPIC_KEY = re.compile(r"\bsk-ant-[A-Za-z0-9_-]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,35 +80,35 @@ def build_ewma_anomaly_message(
     asset_path: str = DEFAULT_EWMA_ASSET,
 ) -> SlackMessage:
     """One EWMA anomaly (an ``EWMA_ANOMALY_COLUMNS`` row, plus optional ``summary``/``explanation_source``)."""
-    minute = _as_naive_utc(row.get("minute"))
+    minute = fmt.as_naive_utc(row.get("minute"))
     if seed_parity:
         blocks = [
             bk.header(SEED_EWMA_HEADER),
             bk.divider(),
             bk.fields_section(
                 [
-                    bk.field("Time", _seed_time(row.get("minute"))),
-                    bk.field("Tx Count", _seed_value(row.get("tx_count"))),
-                    bk.field("Z-Score", _fixed(row.get("z_score"), 2)),
+                    bk.field("Time", fmt.seed_time(row.get("minute"))),
+                    bk.field("Tx Count", fmt.seed_value(row.get("tx_count"))),
+                    bk.field("Z-Score", fmt.fixed(row.get("z_score"), 2)),
                 ]
             ),
             bk.context([EWMA_CONTEXT]),
         ]
         return bk.message(SEED_EWMA_TEXT, blocks, row.get("anomaly_id"))
 
-    metric = _text(row.get("metric"))
+    metric = fmt.text(row.get("metric"))
     unit = unit_for_metric(metric)
-    severity = _text(row.get("severity"))
+    severity = fmt.text(row.get("severity"))
     blocks = [
         bk.header(EWMA_HEADER),
         bk.divider(),
         bk.fields_section(
             [
-                bk.field("Time", _minute_label(minute)),
-                bk.field("Tx Count", _count(row.get("tx_count"))),
-                bk.field("Z-Score", _fixed(row.get("z_score"), 2)),
+                bk.field("Time", fmt.minute_label(minute)),
+                bk.field("Tx Count", fmt.count(row.get("tx_count"))),
+                bk.field("Z-Score", fmt.fixed(row.get("z_score"), 2)),
                 bk.field("Severity", severity),
-                bk.field("Metric", f"`{_escape(metric)}`"),
+                bk.field("Metric", f"`{fmt.escape(metric)}`"),
                 bk.field("Value vs baseline", _value_vs_baseline(row.get("value"), row.get("baseline"), unit)),
             ]
         ),
@@ -121,8 +117,8 @@ def build_ewma_anomaly_message(
         bk.context([EWMA_CONTEXT, _provenance(row)]),
     ]
     text = (
-        f"[{severity}] Bitcoin anomaly in {metric}: {_quantity(row.get('value'), unit)} vs baseline "
-        f"{_quantity(row.get('baseline'), unit)} (z {_fixed(row.get('z_score'), 2)}) at {_minute_label(minute)}"
+        f"[{severity}] Bitcoin anomaly in {metric}: {fmt.quantity(row.get('value'), unit)} vs baseline "
+        f"{fmt.quantity(row.get('baseline'), unit)} (z {fmt.fixed(row.get('z_score'), 2)}) at {fmt.minute_label(minute)}"
     )
     return bk.message(text, blocks, row.get("anomaly_id"))
 
@@ -135,35 +131,35 @@ def build_coordination_message(
     asset_path: str = DEFAULT_CLUSTER_ASSET,
 ) -> SlackMessage:
     """One coordinated-activity cluster (a ``COORDINATED_CLUSTER_COLUMNS`` row, plus optional summary)."""
-    minute = _as_naive_utc(row.get("minute"))
+    minute = fmt.as_naive_utc(row.get("minute"))
     common_fields = [
-        bk.field("Tx Count", _seed_value(row.get("tx_count")) if seed_parity else _count(row.get("tx_count"))),
-        bk.field("Avg Inputs", _fixed(row.get("avg_input_count"), 1)),
-        bk.field("Avg Outputs", _fixed(row.get("avg_output_count"), 1)),
-        bk.field("Sample Tx", _short_hash(row.get("sample_tx_hash"))),
+        bk.field("Tx Count", fmt.seed_value(row.get("tx_count")) if seed_parity else fmt.count(row.get("tx_count"))),
+        bk.field("Avg Inputs", fmt.fixed(row.get("avg_input_count"), 1)),
+        bk.field("Avg Outputs", fmt.fixed(row.get("avg_output_count"), 1)),
+        bk.field("Sample Tx", fmt.short_hash(row.get("sample_tx_hash"))),
     ]
     if seed_parity:
         blocks = [
             bk.header(SEED_COORDINATION_HEADER),
             bk.divider(),
-            bk.fields_section([bk.field("Time", _seed_time(row.get("minute"))), *common_fields]),
+            bk.fields_section([bk.field("Time", fmt.seed_time(row.get("minute"))), *common_fields]),
             bk.context([COORDINATION_CONTEXT]),
         ]
         return bk.message(SEED_COORDINATION_TEXT, blocks, row.get("cluster_id"))
 
-    pattern = _text(row.get("pattern"))
-    severity = _text(row.get("severity"))
+    pattern = fmt.text(row.get("pattern"))
+    severity = fmt.text(row.get("severity"))
     blocks = [
         bk.header(COORDINATION_HEADER),
         bk.divider(),
         bk.fields_section(
             [
-                bk.field("Time", _minute_label(minute)),
+                bk.field("Time", fmt.minute_label(minute)),
                 *common_fields,
                 bk.field("Severity", severity),
-                bk.field("Pattern", f"`{_escape(pattern)}`"),
-                bk.field("Score vs baseline", f"{_fixed(row.get('score'), 2)} vs {_fixed(row.get('baseline'), 2)}"),
-                bk.field("Total value", _quantity(row.get("total_value_btc"), "BTC")),
+                bk.field("Pattern", f"`{fmt.escape(pattern)}`"),
+                bk.field("Score vs baseline", f"{fmt.fixed(row.get('score'), 2)} vs {fmt.fixed(row.get('baseline'), 2)}"),
+                bk.field("Total value", fmt.quantity(row.get("total_value_btc"), "BTC")),
             ]
         ),
         *_summary_blocks(row),
@@ -171,8 +167,8 @@ def build_coordination_message(
         bk.context([COORDINATION_CONTEXT, _provenance(row)]),
     ]
     text = (
-        f"[{severity}] Coordinated activity ({pattern}): {_count(row.get('tx_count'))} transactions, "
-        f"score {_fixed(row.get('score'), 2)} vs baseline {_fixed(row.get('baseline'), 2)} at {_minute_label(minute)}"
+        f"[{severity}] Coordinated activity ({pattern}): {fmt.count(row.get('tx_count'))} transactions, "
+        f"score {fmt.fixed(row.get('score'), 2)} vs baseline {fmt.fixed(row.get('baseline'), 2)} at {fmt.minute_label(minute)}"
     )
     return bk.message(text, blocks, row.get("cluster_id"))
 
@@ -184,28 +180,28 @@ def build_forecast_excursion_message(
     asset_path: str = DEFAULT_FORECAST_ASSET,
 ) -> SlackMessage:
     """An actual outside the forecast interval (a row of ``forecast.interval_excursions``)."""
-    minute = _as_naive_utc(row.get("ds"))
-    cutoff = _as_naive_utc(row.get("cutoff"))
-    series = _text(row.get("series"))
-    severity = _text(row.get("severity"))
+    minute = fmt.as_naive_utc(row.get("ds"))
+    cutoff = fmt.as_naive_utc(row.get("cutoff"))
+    series = fmt.text(row.get("series"))
+    severity = fmt.text(row.get("severity"))
     unit = "tx/min"
-    interval = f"[{_quantity(row.get('yhat_lower'), '')}, {_quantity(row.get('yhat_upper'), '')}] {unit}"
+    interval = f"[{fmt.quantity(row.get('yhat_lower'), '')}, {fmt.quantity(row.get('yhat_upper'), '')}] {unit}"
     blocks = [
         bk.header(FORECAST_HEADER),
         bk.divider(),
         bk.fields_section(
             [
-                bk.field("Time", _minute_label(minute)),
-                bk.field("Actual", _quantity(row.get("y"), unit)),
-                bk.field("Forecast", _quantity(row.get("yhat"), unit)),
+                bk.field("Time", fmt.minute_label(minute)),
+                bk.field("Actual", fmt.quantity(row.get("y"), unit)),
+                bk.field("Forecast", fmt.quantity(row.get("yhat"), unit)),
                 bk.field("Interval", interval),
                 bk.field("Severity", severity),
                 bk.field(
                     "Outside by",
-                    f"{_fixed(row.get('excess_half_widths'), 2)} half-widths {_text(row.get('direction'))}",
+                    f"{fmt.fixed(row.get('excess_half_widths'), 2)} half-widths {fmt.text(row.get('direction'))}",
                 ),
-                bk.field("Series", f"`{_escape(series)}`"),
-                bk.field("Forecast origin", f"{_minute_label(cutoff)} (step {_seed_value(row.get('step'))})"),
+                bk.field("Series", f"`{fmt.escape(series)}`"),
+                bk.field("Forecast origin", f"{fmt.minute_label(cutoff)} (step {fmt.seed_value(row.get('step'))})"),
             ]
         ),
         *_link_blocks(ui_base_url, asset_path, cutoff),
@@ -213,15 +209,15 @@ def build_forecast_excursion_message(
             [
                 "The actual value fell outside the forecast's prediction interval: an independent "
                 "signal from the EWMA detector.",
-                f"model: {_escape(_text(row.get('model')))} · time basis: {_escape(_text(row.get('time_basis')))}",
+                f"model: {fmt.escape(fmt.text(row.get('model')))} · time basis: {fmt.escape(fmt.text(row.get('time_basis')))}",
             ]
         ),
     ]
     text = (
-        f"[{severity}] {series} {_quantity(row.get('y'), unit)} outside forecast interval {interval} "
-        f"at {_minute_label(minute)}"
+        f"[{severity}] {series} {fmt.quantity(row.get('y'), unit)} outside forecast interval {interval} "
+        f"at {fmt.minute_label(minute)}"
     )
-    key = f"forecast:{series}:{_minute_label(cutoff)}:{_minute_label(minute)}"
+    key = f"forecast:{series}:{fmt.minute_label(cutoff)}:{fmt.minute_label(minute)}"
     return bk.message(text, blocks, key)
 
 
@@ -298,18 +294,18 @@ def build_run_failure_message(
     """A Dagster run failed. ``error`` is redacted of webhook URLs and tokens before use."""
     error_text = redact_secrets(error or "").strip()
     fields = [
-        bk.field("Job", f"`{_escape(job_name)}`"),
-        bk.field("Run ID", f"`{_escape(run_id)}`"),
-        bk.field("Partition", _escape(partition) if partition else "n/a"),
-        bk.field("Failed steps", ", ".join(f"`{_escape(s)}`" for s in failed_steps) or "n/a"),
+        bk.field("Job", f"`{fmt.escape(job_name)}`"),
+        bk.field("Run ID", f"`{fmt.escape(run_id)}`"),
+        bk.field("Partition", fmt.escape(partition) if partition else "n/a"),
+        bk.field("Failed steps", ", ".join(f"`{fmt.escape(s)}`" for s in failed_steps) or "n/a"),
     ]
     blocks = [bk.header(f"Dagster run failed: {job_name}"), bk.divider(), bk.fields_section(fields)]
     if error_text:
         budget = MAX_SECTION_TEXT - len("*Error:*\n``````")
-        blocks.append(bk.section(f"*Error:*\n```{bk.truncate(_escape(error_text), budget)}```"))
+        blocks.append(bk.section(f"*Error:*\n```{bk.truncate(fmt.escape(error_text), budget)}```"))
     if ui_base_url:
         url = f"{ui_base_url.rstrip('/')}/runs/{quote(run_id, safe='')}"
-        blocks.append(bk.section(f"<{url}|Open run {_escape(run_id[:8])} in Dagster>"))
+        blocks.append(bk.section(f"<{url}|Open run {fmt.escape(run_id[:8])} in Dagster>"))
     first_line = error_text.splitlines()[0] if error_text else "no error message"
     text = f"Dagster run {run_id[:8]} of {job_name} failed: {first_line}"
     return bk.message(text, blocks, f"run_failure:{run_id}")
@@ -336,19 +332,12 @@ def unit_for_metric(metric: str) -> str:
 
 def partition_key(minute: datetime) -> str:
     """The Dagster minute partition key of ``minute`` (``2025-08-13-00:18``)."""
-    return _as_naive_utc(minute).strftime(PARTITION_KEY_FORMAT)
+    return fmt.as_naive_utc(minute).strftime(PARTITION_KEY_FORMAT)
 
 
 def dagster_partition_url(ui_base_url: str, asset_path: str, minute: datetime) -> str:
     """``{base}/assets/{asset_path}?partition={key}``: the asset partition's page in the Dagster UI."""
     return f"{_asset_url(ui_base_url, asset_path)}?partition={quote(partition_key(minute), safe='-:')}"
-
-
-def redact_secrets(text: str) -> str:
-    """``text`` with Slack webhook secrets, Slack tokens and Anthropic keys replaced by ``***``."""
-    text = _WEBHOOK_SECRET.sub(r"\1***", text)
-    text = _SLACK_TOKEN.sub("xox*-***", text)
-    return _ANTHROPIC_KEY.sub("sk-ant-***", text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,10 +353,10 @@ def _summary_blocks(row: Mapping[str, Any]) -> list[dict]:
     if not bk.missing(source) and str(source) == EXPLANATION_SOURCE_RULES:
         label = "Summary (rule-based)"
     elif not bk.missing(source) and str(source).strip():
-        label = f"Summary ({_escape(str(source))})"
+        label = f"Summary ({fmt.escape(str(source))})"
     else:
         label = "Summary"
-    return [bk.section(f"*{label}:* {_escape(bk.truncate(first_line, SUMMARY_MAX_CHARS))}")]
+    return [bk.section(f"*{label}:* {fmt.escape(bk.truncate(first_line, SUMMARY_MAX_CHARS))}")]
 
 
 def _link_blocks(ui_base_url: str | None, asset_path: str, minute: datetime | None) -> list[dict]:
@@ -382,22 +371,22 @@ def _asset_url(ui_base_url: str, asset_path: str) -> str:
 
 
 def _provenance(row: Mapping[str, Any]) -> str:
-    parts = [f"rule: `{_escape(_text(row.get('rule')))}`", f"time basis: {_escape(_text(row.get('time_basis')))}"]
+    parts = [f"rule: `{fmt.escape(fmt.text(row.get('rule')))}`", f"time basis: {fmt.escape(fmt.text(row.get('time_basis')))}"]
     mode = row.get("mode")
     if not bk.missing(mode):
-        parts.append(f"mode: {_escape(str(mode))}")
-    blocks = _block_list(row.get("block_ids"))
+        parts.append(f"mode: {fmt.escape(str(mode))}")
+    blocks = fmt.block_list(row.get("block_ids"))
     if blocks:
         parts.append("blocks: " + ", ".join(blocks[:5]) + (f" (+{len(blocks) - 5})" if len(blocks) > 5 else ""))
     return " · ".join(parts)
 
 
 def _value_vs_baseline(value: Any, baseline: Any, unit: str) -> str:
-    text = f"{_quantity(value, unit)} vs {_quantity(baseline, unit)}"
+    text = f"{fmt.quantity(value, unit)} vs {fmt.quantity(baseline, unit)}"
     if not (bk.missing(value) or bk.missing(baseline)):
         deviation = float(value) - float(baseline)
         sign = "+" if deviation >= 0 else "-"
-        text += f" ({sign}{_quantity(abs(deviation), unit)})"
+        text += f" ({sign}{fmt.quantity(abs(deviation), unit)})"
     return text
 
 
@@ -411,43 +400,43 @@ class _DigestItem:
 
 
 def _digest_item(kind: str, row: Mapping[str, Any]) -> _DigestItem:
-    severity = _text(row.get("severity"))
+    severity = fmt.text(row.get("severity"))
     rank = severity_rank(severity) if severity in SEVERITIES else -1
     magnitude_field = {"ewma": "z_score", "cluster": "score", "forecast": "excess_half_widths"}[kind]
     magnitude = row.get(magnitude_field)
     magnitude = 0.0 if bk.missing(magnitude) else abs(float(magnitude))
-    minute = _as_naive_utc(row.get("ds" if kind == "forecast" else "minute"))
+    minute = fmt.as_naive_utc(row.get("ds" if kind == "forecast" else "minute"))
     return _DigestItem(kind, row, rank, magnitude, minute)
 
 
 def _digest_line(item: _DigestItem, ui_base_url: str | None) -> str:
     row = item.row
-    when = _minute_label(item.minute, with_zone=False)
-    severity = _text(row.get("severity"))
+    when = fmt.minute_label(item.minute, with_zone=False)
+    severity = fmt.text(row.get("severity"))
     if item.kind == "ewma":
-        metric = _text(row.get("metric"))
+        metric = fmt.text(row.get("metric"))
         unit = unit_for_metric(metric)
         body = (
-            f"`{_escape(metric)}` {_quantity(row.get('value'), unit)} vs {_quantity(row.get('baseline'), unit)} "
-            f"(z {_fixed(row.get('z_score'), 2)})"
+            f"`{fmt.escape(metric)}` {fmt.quantity(row.get('value'), unit)} vs {fmt.quantity(row.get('baseline'), unit)} "
+            f"(z {fmt.fixed(row.get('z_score'), 2)})"
         )
         asset, link_minute = DEFAULT_EWMA_ASSET, item.minute
     elif item.kind == "cluster":
         body = (
-            f"`{_escape(_text(row.get('pattern')))}` {_count(row.get('tx_count'))} tx, score "
-            f"{_fixed(row.get('score'), 2)} vs {_fixed(row.get('baseline'), 2)}"
+            f"`{fmt.escape(fmt.text(row.get('pattern')))}` {fmt.count(row.get('tx_count'))} tx, score "
+            f"{fmt.fixed(row.get('score'), 2)} vs {fmt.fixed(row.get('baseline'), 2)}"
         )
         asset, link_minute = DEFAULT_CLUSTER_ASSET, item.minute
     else:
         body = (
-            f"actual {_quantity(row.get('y'), 'tx/min')} outside [{_quantity(row.get('yhat_lower'), '')}, "
-            f"{_quantity(row.get('yhat_upper'), '')}] ({_fixed(row.get('excess_half_widths'), 2)} half-widths)"
+            f"actual {fmt.quantity(row.get('y'), 'tx/min')} outside [{fmt.quantity(row.get('yhat_lower'), '')}, "
+            f"{fmt.quantity(row.get('yhat_upper'), '')}] ({fmt.fixed(row.get('excess_half_widths'), 2)} half-widths)"
         )
-        asset, link_minute = DEFAULT_FORECAST_ASSET, _as_naive_utc(row.get("cutoff"))
-    line = f"• `{when}` *{_escape(severity)}* {body}"
+        asset, link_minute = DEFAULT_FORECAST_ASSET, fmt.as_naive_utc(row.get("cutoff"))
+    line = f"• `{when}` *{fmt.escape(severity)}* {body}"
     summary = row.get("summary")
     if not bk.missing(summary) and str(summary).strip():
-        line += f" — {_escape(bk.truncate(str(summary).strip().splitlines()[0], 200))}"
+        line += f" — {fmt.escape(bk.truncate(str(summary).strip().splitlines()[0], 200))}"
     if ui_base_url and link_minute is not None:
         line += f" <{dagster_partition_url(ui_base_url, asset, link_minute)}|open>"
     return line
@@ -457,7 +446,7 @@ def _severity_counts(items: Sequence[_DigestItem]) -> str:
     counts = {s: 0 for s in reversed(SEVERITIES)}
     other = 0
     for item in items:
-        severity = _text(item.row.get("severity"))
+        severity = fmt.text(item.row.get("severity"))
         if severity in counts:
             counts[severity] += 1
         else:
@@ -468,95 +457,8 @@ def _severity_counts(items: Sequence[_DigestItem]) -> str:
 
 def _window_label(start: datetime | None, end: datetime | None, minutes: Sequence[datetime | None]) -> str:
     if start is not None and end is not None:
-        return f"{_minute_label(_as_naive_utc(start), with_zone=False)} → {_minute_label(_as_naive_utc(end))} (end exclusive)"
+        return f"{fmt.minute_label(fmt.as_naive_utc(start), with_zone=False)} → {fmt.minute_label(fmt.as_naive_utc(end))} (end exclusive)"
     known = [m for m in minutes if m is not None]
     if not known:
         return "n/a"
-    return f"{_minute_label(min(known), with_zone=False)} → {_minute_label(max(known))} (rows' span)"
-
-
-def _as_naive_utc(value: Any) -> datetime | None:
-    """``value`` (datetime, pandas Timestamp or ISO string) as a naive UTC datetime; None if missing."""
-    if bk.missing(value):
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if hasattr(value, "to_pydatetime"):
-        value = value.to_pydatetime()
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a timestamp, got {type(value).__name__} {value!r}")
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
-
-
-def _minute_label(minute: datetime | None, *, with_zone: bool = True) -> str:
-    if minute is None:
-        return "n/a"
-    return minute.strftime("%Y-%m-%d %H:%M") + (" UTC" if with_zone else "")
-
-
-def _seed_time(value: Any) -> str:
-    """The tutorial showed the CSV's ``window_start`` text (``2025-05-14 18:14:00``)."""
-    minute = _as_naive_utc(value)
-    return "n/a" if minute is None else minute.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _seed_value(value: Any) -> str:
-    if bk.missing(value):
-        return "n/a"
-    number = float(value)
-    return str(int(number)) if number.is_integer() else str(value)
-
-
-def _count(value: Any) -> str:
-    if bk.missing(value):
-        return "n/a"
-    number = float(value)
-    return f"{int(number):,}" if number.is_integer() else f"{number:,.1f}"
-
-
-def _fixed(value: Any, places: int) -> str:
-    if bk.missing(value):
-        return "n/a"
-    number = float(value)
-    if math.isinf(number):
-        return "∞" if number > 0 else "-∞"
-    return f"{number:.{places}f}"
-
-
-def _quantity(value: Any, unit: str) -> str:
-    if bk.missing(value):
-        return "n/a"
-    number = float(value)
-    if unit == "BTC":
-        text = f"{number:,.8f}".rstrip("0").rstrip(".")
-    elif number.is_integer():
-        text = f"{int(number):,}"
-    else:
-        text = f"{number:,.2f}"
-    return f"{text} {unit}" if unit else text
-
-
-def _short_hash(value: Any) -> str:
-    return "n/a" if bk.missing(value) else f"{str(value)[:16]}..."
-
-
-def _block_list(value: Any) -> list[str]:
-    if value is None or isinstance(value, (str, bytes)):
-        return []
-    try:
-        return [str(int(v)) for v in value]
-    except TypeError:
-        return []
-
-
-def _text(value: Any) -> str:
-    return "n/a" if bk.missing(value) else str(value)
-
-
-def _escape(text: str) -> str:
-    """Escape Slack mrkdwn control characters in data-derived text."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
+    return f"{fmt.minute_label(min(known), with_zone=False)} → {fmt.minute_label(max(known))} (rows' span)"

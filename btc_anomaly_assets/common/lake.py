@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 from btc_anomaly_assets.common.schema import RAW_TRANSACTION_COLUMNS, arrow_schema, column_names
+from btc_anomaly_assets.common.utc import naive_utc
 
 RAW_DATASET = "raw_transactions"
 RAW_SCHEMA = arrow_schema(RAW_TRANSACTION_COLUMNS)
@@ -58,10 +59,6 @@ def hour_file(dataset_path: str, hour: datetime) -> str:
     return f"{dataset_path}/date={hour:%Y-%m-%d}/hour={hour:%H}/{FILE_NAME}"
 
 
-def _naive(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=None) if ts.tzinfo else ts
-
-
 def _to_table(frame: pd.DataFrame) -> pa.Table:
     missing = [c for c in RAW_NAMES if c not in frame.columns]
     if missing:
@@ -93,7 +90,7 @@ def write_raw_window(dataset_path: str, frame: pd.DataFrame, start: datetime, en
     Rows of the same hour files outside the window are kept. Refuses a frame with rows outside
     the window, so a partition can never write into its neighbours.
     """
-    start, end = _naive(start), _naive(end)
+    start, end = naive_utc(start), naive_utc(end)
     table = _to_table(frame)
     if table.num_rows:
         minutes = table.column("minute")
@@ -146,7 +143,7 @@ def _replace_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
 
 def read_raw_window(dataset_path: str, start: datetime, end: datetime, columns: list[str] | None = None) -> pd.DataFrame:
     """Rows of ``[start, end)`` (only ``columns`` if given), reading only the hour files that overlap it."""
-    start, end = _naive(start), _naive(end)
+    start, end = naive_utc(start), naive_utc(end)
     fs, root = _filesystem(dataset_path)
     paths = [p for p in (hour_file(root, h) for h in hour_starts(start, end)) if fs.get_file_info(p).type != pafs.FileType.NotFound]
     if not paths:
@@ -163,7 +160,7 @@ def read_raw_window(dataset_path: str, start: datetime, end: datetime, columns: 
 def largest_transactions(dataset_path: str, minutes: list[datetime], per_minute: int) -> dict[datetime, list[str]]:
     """The ``per_minute`` largest transactions (by output_total) of each given minute: one DuckDB query
     over just the hour files those minutes fall in."""
-    minutes = sorted({_naive(m) for m in minutes})
+    minutes = sorted({naive_utc(m) for m in minutes})
     if not minutes:
         return {}
     fs, root = _filesystem(dataset_path)

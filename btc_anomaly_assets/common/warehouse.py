@@ -23,6 +23,7 @@ import pyarrow as pa
 from filelock import FileLock, Timeout
 
 from btc_anomaly_assets.common.schema import Column, arrow_schema, column_names
+from btc_anomaly_assets.common.utc import naive_utc
 
 SCHEMA = "btc"
 LOCK_TIMEOUT_SECONDS = 600
@@ -30,10 +31,6 @@ LOCK_TIMEOUT_SECONDS = 600
 
 class WarehouseError(RuntimeError):
     """A warehouse operation that cannot go ahead; the message names the table and window."""
-
-
-def _naive(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=None) if ts.tzinfo else ts
 
 
 def create_table_sql(table: str, columns: Sequence[Column]) -> str:
@@ -100,7 +97,7 @@ class Warehouse:
         time_column: str = "minute",
     ) -> int:
         """Atomically replace the rows of ``[start, end)`` in ``btc.<table>`` with ``frame``."""
-        start, end = _naive(start), _naive(end)
+        start, end = naive_utc(start), naive_utc(end)
         arrow = to_arrow(frame, columns, where=f"btc.{table}")
         if arrow.num_rows:
             times = arrow.column(time_column).to_pandas()
@@ -147,7 +144,7 @@ class Warehouse:
             ensure_table_columns(con, table, columns)
             return con.execute(
                 f'SELECT {names} FROM {SCHEMA}.{table} WHERE "{time_column}" >= ? AND "{time_column}" < ? ORDER BY "{time_column}"',
-                [_naive(start), _naive(end)],
+                [naive_utc(start), naive_utc(end)],
             ).df()
 
     def query(self, sql: str, params: Sequence | None = None) -> pd.DataFrame:

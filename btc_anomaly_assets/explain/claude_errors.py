@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import email.utils
-import time
-from typing import Callable, Mapping
+from typing import Mapping
+
+from btc_anomaly_assets.common.http_policy import is_retryable_status
 
 
 class ClaudeExplainerError(RuntimeError):
@@ -54,30 +54,9 @@ class _BadAnswer(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def retry_after_seconds(headers: Mapping[str, str] | None, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, then ``retry-after`` (seconds or HTTP date)."""
-    if not headers:
-        return None
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        return max(0.0, email.utils.mktime_tz(parsed) - now())
-
-
 def _is_retryable_status(status: int, headers: Mapping[str, str]) -> bool:
+    """The API's own ``x-should-retry`` wins; otherwise the project's common rule (``http_policy``)."""
     should_retry = headers.get("x-should-retry")
     if should_retry in ("true", "false"):
         return should_retry == "true"
-    return status in (408, 409, 429) or status >= 500
+    return is_retryable_status(status)

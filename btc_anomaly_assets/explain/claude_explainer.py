@@ -44,6 +44,8 @@ import math
 import time
 from typing import Any, Callable, Container, Iterable, Mapping
 
+from btc_anomaly_assets.common.http_policy import retry_after_seconds
+from btc_anomaly_assets.common.redaction import Redactor
 from btc_anomaly_assets.explain.claude_batches import PendingBatch
 from btc_anomaly_assets.explain.claude_costs import MODEL_PRICES, ModelPrice, TokenUsage, estimate_cost_usd, price_for
 from btc_anomaly_assets.explain.claude_errors import (
@@ -54,7 +56,6 @@ from btc_anomaly_assets.explain.claude_errors import (
     ClaudeSpendLimitReached,
     _BadAnswer,
     _is_retryable_status,
-    retry_after_seconds,
 )
 from btc_anomaly_assets.explain.claude_run import ClaudeRun
 from btc_anomaly_assets.explain.evidence import explanation_content_hash
@@ -113,15 +114,6 @@ NON_RETRYABLE_ERROR_CODES = {
 # ---------------------------------------------------------------------------------------------
 # The explainer
 # ---------------------------------------------------------------------------------------------
-
-
-def _redactor(secret: str) -> Callable[[str], str]:
-    """A function that blanks ``secret`` out of text, holding the secret only in its closure."""
-
-    def redact(text: str) -> str:
-        return text.replace(secret, "[redacted]")
-
-    return redact
 
 
 def _supports(capabilities: Any, name: str) -> bool:
@@ -198,7 +190,7 @@ class ClaudeExplainer:
             raise ClaudeConfigError("max_retries and max_calls_per_run must be >= 0")
         if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
             raise ClaudeConfigError(f"effort={effort!r} is not one of low/medium/high/xhigh/max")
-        self._redact = _redactor(api_key)  # the key lives only in this closure and in the SDK client
+        self._redact = Redactor(api_key)  # the key lives only in the redactor and in the SDK client
         self.requested_model = model
         self.model_id = model
         self.base_url = base_url

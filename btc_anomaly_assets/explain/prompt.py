@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Container, Mapping
 
 import pyarrow as pa
 
 from btc_anomaly_assets.common.schema import Column
+from btc_anomaly_assets.common.utc import utc_now
 from btc_anomaly_assets.explain.evidence import KIND_CLUSTER, KIND_EWMA, canonical_json
 
 PROMPT_VERSION = "forensic-v1"
@@ -379,7 +380,7 @@ ANOMALY_EXPLANATION_COLUMNS: list[Column] = [
 
 
 def utc_now_naive() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    return utc_now().replace(microsecond=0)
 
 
 def explanation_row(

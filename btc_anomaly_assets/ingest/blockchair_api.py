@@ -28,23 +28,35 @@ result reports ``reported_total_rows`` and ``rows_received`` so a row-count chec
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Callable
 from urllib.parse import quote, urlencode
 
 import pandas as pd
 import requests
 
+from btc_anomaly_assets.common.http_policy import retry_after_seconds
+from btc_anomaly_assets.common.redaction import REDACTED, Redactor, install_redaction
 from btc_anomaly_assets.common.schema import TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN
+from btc_anomaly_assets.common.utc import naive_utc
+from btc_anomaly_assets.ingest.blockchair_protocol import (
+    COOL_OFF_CODES,
+    RATE_LIMIT_CODES,
+    SERVER_ERROR_CODES,
+    BlockchairCoolOffError,
+    BlockchairError,
+    BlockchairRateLimitError,
+    BlockchairTransportError,
+    FetchResult,
+    cool_off_message,
+    effective_code,
+)
 from btc_anomaly_assets.ingest.raw_frames import (
     DUPLICATES_DROPPED_ATTR,
     empty_raw_frame,
-    to_naive_utc,
     to_raw_frame,
 )
 
@@ -56,70 +68,10 @@ MAX_OFFSET = 10_000
 SORT_ORDER = "time(asc),id(asc)"
 QUERY_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-RATE_LIMIT_CODES = frozenset({402, 429, 435, 436, 437})
-COOL_OFF_CODES = frozenset({430, 434, 503})
-SERVER_ERROR_CODES = frozenset({500, 502, 504})
 
-REDACTED = "<redacted>"
-_KEY_IN_URL = re.compile(r"([?&]key=)[^&\s'\"]*")
+
 
 _log = logging.getLogger(__name__)
-
-
-class BlockchairError(RuntimeError):
-    """A Blockchair request failed; ``code`` is ``context.code`` (or the HTTP status), if any."""
-
-    def __init__(self, message: str, *, code: int | None = None, endpoint: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.endpoint = endpoint
-
-
-class BlockchairRateLimitError(BlockchairError):
-    """402/429/435/436/437 persisted through every retry, or Retry-After exceeded the wait cap."""
-
-    def __init__(self, message: str, *, code: int | None, endpoint: str, retry_after_seconds: float | None):
-        super().__init__(message, code=code, endpoint=endpoint)
-        self.retry_after_seconds = retry_after_seconds
-
-
-class BlockchairCoolOffError(BlockchairError):
-    """430/434/503: the IP is (temporarily) blocked or the service is down; stop and retry later."""
-
-    def __init__(self, message: str, *, code: int, endpoint: str, retry_after_seconds: float | None):
-        super().__init__(message, code=code, endpoint=endpoint)
-        self.retry_after_seconds = retry_after_seconds
-
-
-class BlockchairTransportError(BlockchairError):
-    """Timeouts or connection failures persisted through every retry."""
-
-
-@dataclass(frozen=True)
-class FetchResult:
-    """One window's rows plus the accounting a run should record.
-
-    ``frame``: RAW_TRANSACTION_COLUMNS (time basis ``block`` or ``first_seen``), sorted by time.
-    ``reported_total_rows``: sum of ``context.total_rows`` over the (leaf) windows actually paged;
-    for confirmed data ``len(frame) + duplicates_dropped`` must equal it.
-    ``requests_made``: HTTP requests sent, retries included.
-    ``request_cost_total``: sum of ``context.request_cost`` (Blockchair request points).
-    ``state``: tip height from the first response (the pin for confirmed data).
-    ``rows_received``: rows in all pages, before de-duplication.
-    ``windows_split``: how many times a window was halved to stay under the offset cap.
-    ``api_version`` / ``next_major_update``: from the last response's ``context.api``.
-    """
-
-    frame: pd.DataFrame
-    reported_total_rows: int
-    requests_made: int
-    request_cost_total: float
-    state: int | None
-    rows_received: int = 0
-    duplicates_dropped: int = 0
-    windows_split: int = 0
-    api_version: str | None = None
-    next_major_update: str | None = None
 
 
 @dataclass
@@ -149,27 +101,8 @@ class _FetchRun:
     next_major_update: str | None = None
 
 
-class _RedactKeyFilter(logging.Filter):
-    """Rewrites log records that carry a URL with ``key=`` (urllib3 logs request lines at DEBUG)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "key=" in message:
-            record.msg = _KEY_IN_URL.sub(r"\1" + REDACTED, message)
-            record.args = ()
-        return True
-
-
-# urllib3 modules whose log lines can carry a request URL (a logger filter does not apply to records
-# propagated from child loggers, so each is filtered by name).
+# urllib3 modules whose log lines can carry a request URL with ``key=``.
 _URL_LOGGING_MODULES = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager")
-
-
-def _install_urllib3_redaction() -> None:
-    for name in _URL_LOGGING_MODULES:
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, _RedactKeyFilter) for existing in logger.filters):
-            logger.addFilter(_RedactKeyFilter())
 
 
 class BlockchairClient:
@@ -203,6 +136,7 @@ class BlockchairClient:
             raise ValueError("max_offset, max_retries and backoff_seconds must be >= 0")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key or None
+        self._redactor = Redactor(self._api_key)
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
@@ -214,7 +148,7 @@ class BlockchairClient:
         self._session = session or requests.Session()
         self._seen_api_version: str | None = None
         self._warned_major_update: str | None = None
-        _install_urllib3_redaction()
+        install_redaction(_URL_LOGGING_MODULES)
 
     def __repr__(self) -> str:
         key = REDACTED if self._api_key else None
@@ -240,8 +174,8 @@ class BlockchairClient:
         ``mempool=False``: confirmed transactions, ``time`` = block time, time basis ``block``.
         ``mempool=True``: unconfirmed transactions, ``time`` = mempool entry time, ``first_seen``.
         """
-        start = _whole_seconds(to_naive_utc(start, name="start"), "start")
-        end = _whole_seconds(to_naive_utc(end, name="end"), "end")
+        start = _whole_seconds(naive_utc(start, name="start"), "start")
+        end = _whole_seconds(naive_utc(end, name="end"), "end")
         if not start < end:
             raise ValueError(f"empty window: start {start} must be before end {end}")
         run = _FetchRun(path=MEMPOOL_PATH if mempool else CONFIRMED_PATH, mempool=mempool)
@@ -397,7 +331,7 @@ class BlockchairClient:
             context = body.get("context") if isinstance(body, dict) else None
             context = context if isinstance(context, dict) else {}
             run.request_cost_total += _number_or_zero(context.get("request_cost"))
-            code = _effective_code(response.status_code, context)
+            code = effective_code(response.status_code, context)
             if code == 200:
                 if not isinstance(body, dict) or "context" not in body or "data" not in body:
                     raise BlockchairError(
@@ -409,7 +343,7 @@ class BlockchairClient:
                 self._log_success(run, described, context, body["data"])
                 return context, body["data"]
             error_text = self._redact(str(context.get("error") or _preview(response.text) or response.reason or ""))
-            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers)
             self._raise_unless_retryable(run, described, code, error_text, retry_after, attempt)
             self._wait(described, attempt, retry_after, f"code {code} ({error_text})")
 
@@ -419,7 +353,7 @@ class BlockchairClient:
         """Raise the right error for a non-200 ``code``; return only if another attempt is due."""
         if code in COOL_OFF_CODES:
             raise BlockchairCoolOffError(
-                _cool_off_message(described, code, error_text, retry_after),
+                cool_off_message(described, code, error_text, retry_after),
                 code=code,
                 endpoint=run.path,
                 retry_after_seconds=retry_after,
@@ -512,22 +446,7 @@ class BlockchairClient:
             )
 
     def _redact(self, text: str) -> str:
-        if self._api_key:
-            for form in {self._api_key, quote(self._api_key, safe="")}:
-                text = text.replace(form, REDACTED)
-        return _KEY_IN_URL.sub(r"\1" + REDACTED, text)
-
-
-def _effective_code(http_status: int, context: dict) -> int:
-    """Blockchair's ``context.code`` when present (it is authoritative), else the HTTP status.
-
-    A 200 in the body of a non-200 HTTP reply (e.g. a proxy error around a cached body) counts as
-    the HTTP status.
-    """
-    code = context.get("code")
-    if not isinstance(code, int) or isinstance(code, bool):
-        return http_status
-    return http_status if code == 200 and http_status != 200 else code
+        return self._redactor(text)
 
 
 def _fmt(moment: datetime) -> str:
@@ -554,31 +473,3 @@ def _number_or_zero(value) -> float:
 def _preview(text: str, limit: int = 200) -> str:
     text = (text or "").strip()
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _retry_after_seconds(header: str | None) -> float | None:
-    """Retry-After as seconds: an integer/decimal or an HTTP date; None if absent or unreadable."""
-    if not header:
-        return None
-    header = header.strip()
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _cool_off_message(described: str, code: int, error_text: str, retry_after: float | None) -> str:
-    what = "IP address temporarily blocked" if code in (430, 434) else "service unavailable or IP blocked"
-    when = (
-        f"retry after {retry_after:.0f} s (Retry-After)"
-        if retry_after is not None
-        else "blocks lift automatically after a while: retry no sooner than in an hour, or use an API key"
-    )
-    return f"{described}: Blockchair code {code}, {what}: {error_text}. Not retrying now; {when}"

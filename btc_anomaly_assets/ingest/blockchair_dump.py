@@ -31,11 +31,11 @@ from typing import Iterable
 import pandas as pd
 
 from btc_anomaly_assets.common.schema import BLOCKCHAIR_FIELDS, TIME_BASIS_BLOCK
+from btc_anomaly_assets.common.utc import naive_utc
 from btc_anomaly_assets.ingest.raw_frames import (
     DUPLICATES_DROPPED_ATTR,
     RawDataError,
     concat_raw_frames,
-    to_naive_utc,
     to_raw_frame,
 )
 
@@ -116,8 +116,8 @@ def read_dump_window(
     A truncation after the early-stop point is not seen either (nothing after it was needed).
     """
     log = logger or _log
-    start = to_naive_utc(start, name="start")
-    end = to_naive_utc(end, name="end")
+    start = naive_utc(start, name="start")
+    end = naive_utc(end, name="end")
     if not start < end:
         raise ValueError(f"empty window: start {start} must be before end {end}")
     candidates = _candidate_files(dump_dir_or_files)

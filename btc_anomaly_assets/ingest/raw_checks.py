@@ -7,6 +7,8 @@ from datetime import datetime
 
 import pandas as pd
 
+from btc_anomaly_assets.common.utc import naive_utc_timestamp
+
 KEY_FIELDS = ["hash", "block_id", "time", "minute", "time_basis", "input_count", "output_count",
               "input_total", "output_total", "fee", "size", "weight"]
 AMOUNT_FIELDS = ["input_total", "output_total", "fee", "size", "weight", "input_count", "output_count"]
@@ -20,10 +22,6 @@ class CheckVerdict:
     description: str
     offending: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: dict = field(default_factory=dict)
-
-
-def _naive(ts: datetime) -> pd.Timestamp:
-    return pd.Timestamp(ts.replace(tzinfo=None) if ts.tzinfo else ts)
 
 
 def _verdict(name: str, description: str, bad: pd.DataFrame, **figures) -> CheckVerdict:
@@ -55,7 +53,7 @@ def check_fee_balances(frame: pd.DataFrame) -> CheckVerdict:
 
 
 def check_times_in_window(frame: pd.DataFrame, start: datetime, end: datetime) -> CheckVerdict:
-    lo, hi = _naive(start), _naive(end)
+    lo, hi = naive_utc_timestamp(start), naive_utc_timestamp(end)
     bad = frame[(frame["time"] < lo) | (frame["time"] >= hi) | (frame["minute"] != frame["time"].dt.floor("min"))]
     return _verdict("times_in_partition_window", RAW_CHECK_DESCRIPTIONS["times_in_partition_window"], bad,
                     window=f"[{lo}, {hi})")

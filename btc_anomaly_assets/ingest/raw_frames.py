@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Iterable
 
 import numpy as np
@@ -106,18 +105,6 @@ class _Where:
             location=location,
             value=value,
         )
-
-
-def to_naive_utc(moment: datetime, *, name: str = "time") -> datetime:
-    """Return ``moment`` as a naive UTC datetime (the project's convention).
-
-    A timezone-aware value is converted to UTC; a naive value is taken to be UTC already.
-    """
-    if not isinstance(moment, datetime):
-        raise TypeError(f"{name} must be a datetime, got {type(moment).__name__}: {moment!r}")
-    if moment.tzinfo is not None:
-        return moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
 
 
 def empty_raw_frame() -> pd.DataFrame:

@@ -11,6 +11,7 @@ import dagster as dg
 
 from btc_anomaly_assets.common.partitions import minute_partitions
 from btc_anomaly_assets.common.settings import DATE_FMT, is_on
+from btc_anomaly_assets.common.utc import utc_now
 
 LATE_DATA_DELAY_MINUTES = 10
 LATE_DATA_SPAN_MINUTES = 10
@@ -89,7 +90,7 @@ def build_live_automation(job) -> tuple[list[dg.ScheduleDefinition], list[dg.Sen
     def late_data_sweep(context: dg.SensorEvaluationContext):
         """Every 10 minutes, re-materializes the minutes 10-20 minutes ago (data that arrived late),
         in a gap between live runs."""
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = utc_now()
         active = context.instance.get_runs_count(dg.RunsFilter(tags={"btc/trigger": "live"}, statuses=ACTIVE_RUN_STATUSES))
         last_minute = minute_key(now.replace(second=0, microsecond=0) - timedelta(minutes=1))
         done = context.instance.get_runs_count(dg.RunsFilter(
