@@ -19,7 +19,7 @@ import pandas as pd
 
 from btc_anomaly_assets.aggregates.aggregates_sql import aggregate_minutes_duckdb
 from btc_anomaly_assets.ingest.raw_frames import to_raw_frame
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import BLOCKCHAIR_DIR
 
 WINDOWS = [
     ("blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz", datetime(2025, 8, 13), datetime(2025, 8, 13, 3)),
@@ -30,7 +30,7 @@ WINDOWS = [
 def real_aggregates() -> pd.DataFrame:
     frames = []
     for name, start, end in WINDOWS:
-        rows = pd.read_csv(SHARED_DATA / "blockchair_tsv_2025-08" / name, sep="\t", dtype=str, keep_default_na=False)
+        rows = pd.read_csv(BLOCKCHAIR_DIR / name, sep="\t", dtype=str, keep_default_na=False)
         rows.index.name = "line"
         frames.append(aggregate_minutes_duckdb(to_raw_frame(rows, time_basis="block", where=name), start, end))
     return pd.concat(frames, ignore_index=True)

@@ -13,9 +13,9 @@ from datetime import datetime
 from btc_anomaly_assets.ingest.blockchair_api import BlockchairClient
 from btc_anomaly_assets.ingest.blockchair_dump import read_dump_window
 from btc_anomaly_testing.fakes.blockchair_server import FakeBlockchair, load_dump_rows
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import BLOCKCHAIR_DIR
 
-DUMP_DIR = SHARED_DATA / "blockchair_tsv_2025-08"
+DUMP_DIR = BLOCKCHAIR_DIR
 FILE_14 = DUMP_DIR / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"
 
 

@@ -1,3 +1,34 @@
-"""Shared fixtures: the Spark sessions and the one Spark Connect server the suite starts itself."""
+"""Shared fixtures: the Spark sessions and the one Spark Connect server the suite starts itself.
+
+The session also refuses to read anything from a `shared/` data or docs folder beside the checkout:
+a user's clone has none, so a test that needs such a file must fail here too, not only in their
+clone. Every file the suite reads lives in the repository (`btc_anomaly_testing/fixtures/`).
+"""
+
+import os
+import sys
 
 pytest_plugins = ["btc_anomaly_assets_tests.conftest_spark"]
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUTSIDE_SHARED = os.path.join(os.path.dirname(_REPO), "shared") + os.sep
+
+
+def _refuse_shared_reads(event: str, args: tuple) -> None:
+    if event != "open" or not args:
+        return
+    path = args[0]
+    if isinstance(path, int):
+        return
+    try:
+        absolute = os.path.abspath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return
+    if absolute.startswith(_OUTSIDE_SHARED):
+        raise PermissionError(
+            f"the test suite read {absolute}, outside the repository: copy what it needs into "
+            "btc_anomaly_testing/fixtures/ (a user's clone has no ../shared)"
+        )
+
+
+sys.addaudithook(_refuse_shared_reads)

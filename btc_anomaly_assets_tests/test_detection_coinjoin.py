@@ -1,6 +1,6 @@
 """Per-output CoinJoin and dust heuristics, checked by hand-made cases and on the labelled Dumplings set.
 
-Dumplings (``shared/data/dumplings_coinjoins_2018-2024``) gives every input and output value of
+Dumplings (``btc_anomaly_testing/fixtures/dumplings``) gives every input and output value of
 7,625 real transactions. Labels used here:
 
 - positives: the CoinJoin lists of each family (Whirlpool, Wasabi 2, Wasabi 1) and, in the "other"

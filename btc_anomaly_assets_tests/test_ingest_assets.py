@@ -14,9 +14,9 @@ from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
 from btc_anomaly_assets.ingest.assets import raw_transactions
 from btc_anomaly_assets.ingest.resources import TransactionSource
 from btc_anomaly_testing.fakes.blockchair_server import FakeBlockchair, as_mempool_rows, load_dump_rows
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import BLOCKCHAIR_DIR
 
-DUMPS = SHARED_DATA / "blockchair_tsv_2025-08"
+DUMPS = BLOCKCHAIR_DIR
 DUMP_14 = DUMPS / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"
 
 

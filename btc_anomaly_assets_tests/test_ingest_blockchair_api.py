@@ -25,9 +25,9 @@ from btc_anomaly_testing.fakes.blockchair_server import (
     as_mempool_rows,
     load_dump_rows,
 )
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import DUMP_14
 
-FILE_14 = SHARED_DATA / "blockchair_tsv_2025-08" / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"
+FILE_14 = DUMP_14
 TIP = 909932
 KEY = "sEcReT-key-4711"
 # Block 909922 (3,368 rows) is the only block in this minute.

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from btc_anomaly_assets.ingest.blockchair_dump import DumpFormatError, read_dump_window
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import BLOCKCHAIR_DIR
 
-DUMP_DIR = SHARED_DATA / "blockchair_tsv_2025-08"
+DUMP_DIR = BLOCKCHAIR_DIR
 FILE_13 = DUMP_DIR / "blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz"
 FILE_14 = DUMP_DIR / "blockchair_bitcoin_transactions_20250814_blocks909922-909932.tsv.gz"
 # Per-block transaction counts of the 13 Aug excerpt, from the data set's README.

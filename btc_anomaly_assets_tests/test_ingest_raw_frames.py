@@ -19,9 +19,9 @@ from btc_anomaly_assets.ingest.raw_frames import (
     empty_raw_frame,
     to_raw_frame,
 )
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import DUMP_13 as _DUMP_13
 
-DUMP_13 = SHARED_DATA / "blockchair_tsv_2025-08" / "blockchair_bitcoin_transactions_20250813_blocks909766-909785.tsv.gz"
+DUMP_13 = _DUMP_13
 WHERE = "test-source.tsv.gz"
 
 

@@ -12,7 +12,7 @@ from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.dashboard.report import REPORT_FILES, ReportError, explanation_text, write_report
 from btc_anomaly_assets_tests.small_warehouse import FLAGGED, build_small_warehouse
 
-# The tutorial's headers (shared/data/seed_run), which must lead every file in this order.
+# The tutorial's headers (btc_anomaly_testing/fixtures/seed_run), which must lead every file in this order.
 TUTORIAL_HEADERS = {
     "tx_count_1min.csv": ["tx_count_1min", "window_start"],
     "tx_agg_1min.csv": ["avg_value", "avg_fee", "avg_fee_to_value_ratio", "avg_input_count", "avg_output_count",

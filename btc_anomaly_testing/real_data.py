@@ -1,4 +1,4 @@
-"""Test helpers for the real Blockchair excerpts (13-14 Aug 2025) in ``shared/data``.
+"""Test helpers for the real Blockchair excerpts (13-14 Aug 2025) kept in ``fixtures/``.
 
 Loads the dumps once per test process as RAW frames, builds minute aggregates with the DuckDB
 reference aggregation, derives a synthetic first-seen series, and injects synthetic events.
@@ -18,11 +18,9 @@ import pandas as pd
 from btc_anomaly_assets.aggregates.aggregates_sql import TRAILING_MINUTES, aggregate_minutes_duckdb
 from btc_anomaly_assets.common.schema import TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN
 from btc_anomaly_assets.ingest.raw_frames import concat_raw_frames, to_raw_frame
-from btc_anomaly_testing.shared_data import SHARED_DATA
+from btc_anomaly_testing.fixture_paths import BLOCKCHAIR_DIR, DUMPLINGS_VALUES, SEED_RUN_DIR
 
-BLOCKCHAIR_DIR = SHARED_DATA / "blockchair_tsv_2025-08"
-DUMPLINGS_DIR = SHARED_DATA / "dumplings_coinjoins_2018-2024"
-SEED_RUN_DIR = SHARED_DATA / "seed_run"
+__all__ = ["BLOCKCHAIR_DIR", "SEED_RUN_DIR"]
 
 # The two excerpts as analysis windows: every block of each file falls inside its window.
 DAY13_WINDOW = (datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0))
@@ -241,17 +239,8 @@ def surge_first_seen(first_seen: pd.DataFrame, minute: datetime, *, factor: int 
 @lru_cache(maxsize=1)
 def dumplings_transactions() -> pd.DataFrame:
     """One row per (source list, transaction) with ``input_values`` / ``output_values`` lists in
-    input/output order, plus the labels (family, kind) and the counts/totals of coinjoin_txs.tsv."""
-    keys = ["source_file", "transaction_hash"]
-    txs = pd.read_csv(
-        DUMPLINGS_DIR / "coinjoin_txs.tsv.gz",
-        sep="\t",
-        usecols=[*keys, "family", "kind", "input_count", "output_count", "output_total", "max_equal_output_count", "max_equal_output_value"],
-    )
-    values = {}
-    for name in ("inputs", "outputs"):
-        table = pd.read_csv(DUMPLINGS_DIR / f"coinjoin_{name}.tsv.gz", sep="\t", usecols=[*keys, "index", "value"])
-        values[name] = table.sort_values([*keys, "index"], kind="stable").groupby(keys, sort=False)["value"].agg(list)
-    txs["input_values"] = [values["inputs"].get(key, []) for key in zip(txs["source_file"], txs["transaction_hash"])]
-    txs["output_values"] = [values["outputs"].get(key, []) for key in zip(txs["source_file"], txs["transaction_hash"])]
+    input/output order, plus the labels (family, kind) and the counts/totals of Dumplings' coinjoin_txs.tsv."""
+    txs = pd.read_csv(DUMPLINGS_VALUES, sep="\t", dtype={"input_values": str, "output_values": str}, keep_default_na=False)
+    for column in ("input_values", "output_values"):
+        txs[column] = [[int(v) for v in joined.split(",")] if joined else [] for joined in txs[column]]
     return txs

@@ -1,3 +1,0 @@
-from pathlib import Path
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
