@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 
 from btc_anomaly_assets.common import settings
+from btc_anomaly_assets.common.config_checks import ConfigError, ConfigProblem, check_configuration
 from btc_anomaly_assets.instance.dagster_yaml import prepare_dagster_home
 
 SAMPLE_START = "2025-08-13-00:00"
@@ -23,22 +23,44 @@ def _parse_minute(value: str) -> str:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (what is wrong and where to look), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def range_problem(start_key: str, end_key: str) -> str | None:
+    """Why [start, end) is not a range to run, in one sentence, or None."""
+    start, end = (datetime.strptime(k, settings.DATE_FMT) for k in (start_key, end_key))
+    if end < start:
+        return (f"the range is reversed: END {end_key} is before START {start_key} "
+                f"(the range is [START, END), e.g. btc-anomaly backfill {end_key} {start_key})")
+    if end == start:
+        return f"the range [{start_key}, {end_key}) is empty: END is exclusive, so END must be after START"
+    from btc_anomaly_assets.common.partitions import minute_partitions
+
+    last_key = (end - timedelta(minutes=1)).strftime(settings.DATE_FMT)
+    if not minute_partitions.has_partition_key(start_key) or not minute_partitions.has_partition_key(last_key):
+        first, last = minute_partitions.get_first_partition_key(), minute_partitions.get_last_partition_key()
+        return (f"[{start_key}, {end_key}) is outside the minute partitions {first} .. {last} "
+                "(set BTC_PARTITIONS_START / BTC_PARTITIONS_END)")
+    return None
+
+
 def run_range(start_key: str, end_key: str) -> int:
-    """Materialize the whole graph over [start, end) as one single run; returns a process exit code."""
+    """Materialize the whole graph over [start, end) as one single run; returns a process exit code.
+
+    The summary of what was found is printed only when this run succeeded: it reads the tables
+    this run has just rewritten for the range. A failed run prints what failed and where its log
+    is, and nothing from any earlier run.
+    """
     home = prepare_dagster_home()
     import dagster as dg
 
-    from btc_anomaly_assets.common.partitions import minute_partitions
     from btc_anomaly_assets.definitions import defs, pipeline_job
 
-    last_key = minute_partitions.get_partition_key_for_timestamp(
-        datetime.strptime(end_key, settings.DATE_FMT).replace(tzinfo=timezone.utc).timestamp() - 60
-    )
-    if not minute_partitions.has_partition_key(start_key) or not minute_partitions.has_partition_key(last_key):
-        first, last = minute_partitions.get_first_partition_key(), minute_partitions.get_last_partition_key()
-        print(f"error: [{start_key}, {end_key}) is outside the partitions {first} .. {last} "
-              "(set BTC_PARTITIONS_START / BTC_PARTITIONS_END)", file=sys.stderr)
-        return 2
+    last_key = (datetime.strptime(end_key, settings.DATE_FMT) - timedelta(minutes=1)).strftime(settings.DATE_FMT)
     print(f"Materializing btc/* for [{start_key}, {end_key}) UTC as one run (source: {settings.env_value('BTC_SOURCE')})")
     began = time.monotonic()
     job = defs.resolve_job_def(pipeline_job.name)
@@ -49,21 +71,51 @@ def run_range(start_key: str, end_key: str) -> int:
         run_config=_quiet_logs(),
     )
     elapsed = time.monotonic() - began
-    if result.success:
-        deliver_alerts(defs, dg.DagsterInstance.get())
+    open_ui = f"BTC_DATA_DIR={settings.data_dir()} DAGSTER_HOME={home} dagster dev -w workspace.yaml"
+    if not result.success:
+        for line in failure_lines(result):
+            print(line)
+        print(f"\nRun {result.run_id} FAILED after {elapsed:.1f} s; nothing is reported for it (partitions it did not "
+              "finish keep their previous contents). Its full log, in the Dagster UI:")
+        print(f"  {open_ui}")
+        print(f"  then {settings.env_value('BTC_DAGSTER_UI_URL').rstrip('/')}/runs/{result.run_id}")
+        return 1
+    deliver_alerts(defs, dg.DagsterInstance.get())
     from btc_anomaly_assets.cli.summary import print_summary
 
     print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT))
-    status = "succeeded" if result.success else "FAILED"
-    print(f"\nRun {result.run_id} {status} in {elapsed:.1f} s.")
+    print(f"\nRun {result.run_id} succeeded in {elapsed:.1f} s.")
     print("Open it in the Dagster UI (same instance, same data):")
-    print(f"  BTC_DATA_DIR={settings.data_dir()} DAGSTER_HOME={home} dagster dev -w workspace.yaml")
-    return 0 if result.success else 1
+    print(f"  {open_ui}")
+    return 0
+
+
+def failure_lines(result, width: int = 400) -> list[str]:
+    """One line per failed step: the step and its root error, class and message (the traceback is in the run's log)."""
+    lines = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None and (error.cls_name or "").startswith("Dagster") and "Execution" in error.cls_name:
+                error = error.cause  # Dagster's wrapper: report what the asset raised
+            first = ((error.message or "").strip().splitlines() or ["no message"])[0]
+            prefix, sep, rest = first.partition(": ")
+            if sep and prefix.rsplit(".", 1)[-1] == error.cls_name:
+                first = f"{error.cls_name}: {rest}"
+            text = f"step {event.step_key} failed: {first}"
+            lines.append(text if len(text) <= width else text[: width - 1] + "…")
+    if not lines:
+        lines.append("the run failed before any step ran (see its log)")
+    return lines
 
 
 def _quiet_logs() -> dict:
-    """Console log level for in-process runs (the run's full log is in the instance, visible in the UI)."""
-    return {"loggers": {"console": {"config": {"log_level": os.environ.get("BTC_LOG_LEVEL", "WARNING")}}}}
+    """Console log level for in-process runs (the run's full log is in the instance, visible in the UI).
+
+    CRITICAL by default: a failed step is reported by ``failure_lines`` in one line, not by
+    Dagster's console logger printing its stack trace twice. ``BTC_LOG_LEVEL=WARNING`` shows more.
+    """
+    return {"loggers": {"console": {"config": {"log_level": settings.env_value("BTC_LOG_LEVEL").upper()}}}}
 
 
 def deliver_alerts(defs, instance) -> None:
@@ -94,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     # Dagster marks backfill policies and pools as beta/preview; the CLI's reader needs the results, not that.
     warnings.filterwarnings("ignore", module="dagster")
     warnings.filterwarnings("ignore", category=UserWarning)
-    parser = argparse.ArgumentParser(prog="btc-anomaly", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="btc-anomaly", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a configuration or argument error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("demo", help="materialize the whole graph over the bundled sample (13 Aug 2025, 00:00-03:00 UTC)")
     backfill = sub.add_parser("backfill", help="materialize the whole graph over [START, END) with the configured source")
     backfill.add_argument("start", type=_parse_minute, help="first minute, e.g. 2025-08-13-00:00 (UTC)")
     backfill.add_argument("end", type=_parse_minute, help="end minute, exclusive")
     sub.add_parser("config", help="print the configuration table (environment variables and current values)")
-    from btc_anomaly_assets.dashboard.report import add_report_arguments, run_report
+    from btc_anomaly_assets.dashboard.report import add_report_arguments
 
     add_report_arguments(sub.add_parser("report", help="write the tutorial's report CSVs from DuckDB"))
     add_dashboard_arguments(sub.add_parser("dashboard", help="serve the analyst's dashboard (Dash; reads DuckDB live)"))
@@ -110,28 +163,49 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "spark-connect-server":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return _run_command(args, extra)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        for problem in exc.problems:
+            print(f"btc-anomaly: error: {problem}", file=sys.stderr)
+        return 2
 
-    if args.command == "demo":
-        if settings.env_value("BTC_SOURCE") != "sample":
-            print(f"note: BTC_SOURCE={settings.env_value('BTC_SOURCE')}; the demo range is the bundled sample's hours")
-        return run_range(SAMPLE_START, SAMPLE_END)
-    if args.command == "backfill":
-        return run_range(args.start, args.end)
+
+def _run_command(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "config":
         print(settings.config_table(with_current=True))
+        check_configuration()
         return 0
-    if args.command == "report":
-        return run_report(args)
-    if args.command == "dashboard":
-        from btc_anomaly_assets.dashboard.app import run_dashboard
-
-        return run_dashboard(args)
     if args.command == "spark-connect-server":
         from btc_anomaly_assets.aggregates.spark_session import main as spark_server_main
 
         spark_server_main(extra)
         return 0
+    check_configuration()
+    if args.command == "demo":
+        if settings.env_value("BTC_SOURCE") != "sample":
+            print(f"note: BTC_SOURCE={settings.env_value('BTC_SOURCE')}; the demo range is the bundled sample's hours")
+        return _checked_range(SAMPLE_START, SAMPLE_END)
+    if args.command == "backfill":
+        return _checked_range(args.start, args.end)
+    if args.command == "report":
+        from btc_anomaly_assets.dashboard.report import run_report
+
+        return run_report(args)
+    if args.command == "dashboard":
+        from btc_anomaly_assets.dashboard.app import run_dashboard
+
+        return run_dashboard(args)
     return 2
+
+
+def _checked_range(start_key: str, end_key: str) -> int:
+    problem = range_problem(start_key, end_key)
+    if problem:
+        raise ConfigError([ConfigProblem("range", problem)])
+    return run_range(start_key, end_key)
 
 
 if __name__ == "__main__":
