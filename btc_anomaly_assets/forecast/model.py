@@ -34,6 +34,7 @@ All timestamps are naive UTC minute starts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,6 +191,10 @@ def fit_model(
     weekly = span >= pd.Timedelta(days=WEEKLY_SEASONALITY_MIN_DAYS)
 
     from prophet import Prophet  # imported lazily: the import alone takes ~0.5-3 s
+
+    # cmdstanpy logs two INFO lines per fit ("Chain [1] start/done processing") to the console;
+    # a failed fit still raises, and its warnings still show.
+    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
 
     model = Prophet(
         interval_width=interval_width,
