@@ -86,3 +86,31 @@ def test_largest_transactions_per_minute(tmp_path):
     top = largest_transactions(path, [T0 + timedelta(minutes=3), T0 + timedelta(minutes=70), T0 + timedelta(minutes=9)], 2)
     assert top == {T0 + timedelta(minutes=3): [frame.loc[1, "hash"], frame.loc[2, "hash"]],
                    T0 + timedelta(minutes=70): [frame.loc[3, "hash"]]}
+
+
+def _tear(path) -> bytes:
+    data = open(path, "rb").read()
+    torn = data[: len(data) // 2]
+    open(path, "wb").write(torn)
+    return torn
+
+
+def test_a_torn_hour_file_is_quarantined_and_rebuilt_when_the_write_covers_its_hour(tmp_path):
+    path = raw_path(str(tmp_path))
+    write_raw_window(path, _rows([0, 5, 59]), T0, T0 + timedelta(hours=1))
+    torn = _tear(hour_file(path, T0))
+    write_raw_window(path, _rows([0, 5, 59], tag="b"), T0, T0 + timedelta(hours=1))
+    stored = read_raw_window(path, T0, T0 + timedelta(hours=1))
+    assert sorted(stored["hash"].str[:5]) == ["b0000", "b0005", "b0059"]
+    kept = list((tmp_path / "quarantine" / "raw_transactions").rglob("*.corrupt"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn  # kept for inspection, out of the readers' way
+
+
+def test_a_torn_hour_file_with_minutes_outside_the_write_is_refused_naming_the_hour(tmp_path):
+    path = raw_path(str(tmp_path))
+    write_raw_window(path, _rows([0, 5, 59]), T0, T0 + timedelta(hours=1))
+    torn = _tear(hour_file(path, T0))
+    with pytest.raises(LakeError, match=r"unreadable .* btc-anomaly backfill 2025-08-13-00:00 2025-08-13-01:00"):
+        write_raw_window(path, _rows([5], tag="b"), T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
+    assert open(hour_file(path, T0), "rb").read() == torn  # nothing written, nothing moved
+    assert not (tmp_path / "quarantine").exists()

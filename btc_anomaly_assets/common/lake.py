@@ -9,6 +9,7 @@ file is rebuilt (kept rows + new rows) into a temporary file and moved over the 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from filelock import FileLock
 
 from btc_anomaly_assets.common.schema import RAW_TRANSACTION_COLUMNS, arrow_schema, column_names
 from btc_anomaly_assets.common.utc import naive_utc
+
+logger = logging.getLogger(__name__)
 
 RAW_DATASET = "raw_transactions"
 RAW_SCHEMA = arrow_schema(RAW_TRANSACTION_COLUMNS)
@@ -106,26 +109,52 @@ def write_raw_window(dataset_path: str, frame: pd.DataFrame, start: datetime, en
                 (pc.field("minute") >= pa.scalar(hour, pa.timestamp("us")))
                 & (pc.field("minute") < pa.scalar(hour_end, pa.timestamp("us")))
             ) if table.num_rows else table
-            kept = _read_file_outside(fs, path, start, end)
+            kept = _read_file_outside(fs, path, start, end, hour, hour_end)
             merged = pa.concat_tables([kept, new_rows]) if kept is not None else new_rows
             _replace_file(fs, path, merged)
     return table.num_rows
 
 
-def _read_file_outside(fs: pafs.FileSystem, path: str, start: datetime, end: datetime) -> pa.Table | None:
+def _read_file_outside(fs: pafs.FileSystem, path: str, start: datetime, end: datetime, hour: datetime,
+                       hour_end: datetime) -> pa.Table | None:
+    """The rows of an hour file outside ``[start, end)``, to keep.
+
+    An unreadable file (a torn write, a bad disk) is never silently dropped: when the window
+    covers its whole hour it is moved to ``<lake>/quarantine/`` and rebuilt from the source;
+    otherwise it also holds minutes this write does not cover, and the error says which hour to
+    re-materialize to rebuild it.
+    """
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         return None
     try:
         existing = pq.read_table(path, filesystem=fs, schema=RAW_SCHEMA)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise LakeError(f"cannot read lake file {path}: {exc}") from exc
+        if start <= hour and hour_end <= end:
+            moved = quarantine(fs, path)
+            logger.warning("lake file %s is unreadable (%s): moved to %s; this write rebuilds its whole hour", path, exc, moved)
+            return None
+        raise LakeError(
+            f"lake file {path} is unreadable ({exc}) and also holds minutes outside [{start:%Y-%m-%d %H:%M}, "
+            f"{end:%H:%M}): materialize its whole hour, e.g. btc-anomaly backfill {hour:%Y-%m-%d-%H:%M} "
+            f"{hour_end:%Y-%m-%d-%H:%M}, to rebuild it from the source (nothing was written)"
+        ) from exc
     minutes = existing.column("minute")
     keep = pc.or_(
         pc.less(minutes, pa.scalar(start, pa.timestamp("us"))),
         pc.greater_equal(minutes, pa.scalar(end, pa.timestamp("us"))),
     )
     return existing.filter(keep)
+
+
+def quarantine(fs: pafs.FileSystem, path: str) -> str:
+    """Move an unreadable lake file aside (kept for inspection, out of every reader's way)."""
+    dataset_marker = f"/{RAW_DATASET}/"
+    root, _, relative = path.rpartition(dataset_marker)
+    target = f"{root}/quarantine/{RAW_DATASET}/{relative}.{uuid.uuid4().hex[:8]}.corrupt"
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    fs.move(path, target)
+    return target
 
 
 def _replace_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
