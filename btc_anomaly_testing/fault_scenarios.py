@@ -94,7 +94,7 @@ def corrupt_lake_file(root: Path, ref: Scenario, ref_census: Census) -> Outcome:
     victim.write_bytes(data[: len(data) // 2])  # a torn write: half a file, no footer
     first = scenario.run("re-run over a torn lake file")
     notes = [f"tore {victim.parent.name}/{victim.name}"]
-    advice = re.search(r"btc-anomaly backfill (\S+) (\S+)", first.output)
+    advice = re.search(r"btc-anomaly backfill (\d{4}-\d\d-\d\d-\d\d:\d\d) (\d{4}-\d\d-\d\d-\d\d:\d\d)", first.output)
     if first.returncode != 0 and advice:  # the error names the hour to rebuild: do what it says
         notes.append("the error named the hour to rebuild")
         scenario.run("the hour it named", over=(advice.group(1), advice.group(2)))
