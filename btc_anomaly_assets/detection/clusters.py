@@ -288,8 +288,9 @@ def _shape_verdict(pattern: str, members: pd.DataFrame, context: _MinuteContext,
         values = minute_mass(members, context.weight, context.units)
         for name in MASS_EVIDENCE:
             level = config.priors.evidence(basis, pattern, name)
-            scored = score_against(name, values[name], reference_high(level, masses.history(pattern, name, past),
-                                                                      config.full_units(basis)), config, "")
+            reference = reference_high(level, masses.history(pattern, name, past), config.full_units(basis),
+                                       config.mass_tail_k)
+            scored = score_against(name, values[name], reference, config, "")
             if scored is None:
                 continue
             if count < config.mass_min_members and scored.severity != "info":

@@ -146,10 +146,12 @@ DEFAULT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("total_value_btc", transform=TRANSFORM_LOG10, per_block=True, min_scale=0.1,
                ratio_rule=True, ratio_min_history=3, ratio_denominator_floor=500.0),
     # The largest transaction of a real block is at most 2.6x the usual largest except for the real
-    # whales (10-103x: 3,021 / 4,960 / 19,6xx BTC), so its ratio cut-offs are 3 / 5 / 8 (v2).
+    # whales (10-103x: 3,021 / 4,960 / 19,6xx BTC), so its ratio cut-offs are 3 / 4 / 8 (v2); 4,
+    # not 5, because a recent whale lifts the (winsorised) baseline: 3,000 BTC two blocks after a
+    # 4,960 BTC one is 4.4x.
     MetricSpec("max_value_btc", transform=TRANSFORM_LOG10, min_scale=0.1,
                ratio_rule=True, ratio_min_history=1, ratio_denominator_floor=50.0,
-               ratio_thresholds=SeverityThresholds(3.0, 5.0, 8.0)),
+               ratio_thresholds=SeverityThresholds(3.0, 4.0, 8.0)),
     MetricSpec("median_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1, prior_range_margin=LOG10_2),
     MetricSpec("p90_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1, prior_range_margin=LOG10_2),
     MetricSpec("p99_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1, prior_range_margin=LOG10_2),
@@ -349,7 +351,8 @@ class ClusterConfig:
     - ``mass_scoring``: weight share, inputs, outputs and value of each shape group against the
       real range's upper end (``mass.reference_high``), graded with ``mass_thresholds`` (1 / 1.5 /
       3: at, 1.5x and 3x the largest real unit); a group needs ``mass_min_members`` (2) members to
-      be escalated by mass (one transaction is a label matter, not a storm). A consolidation or
+      be escalated by mass (one transaction is a label matter, not a storm). The real range's top
+      is the largest real unit or ``median + mass_tail_k (4) x spread``, whichever is larger. A consolidation or
       batch group below ``burst_min_members`` is reported only when its mass is at least low.
     - ``similar_baseline``: ``pattern`` scores a group of identical transactions against the
       largest identical (non-dust) group per unit (prior 12 per block, at most 42 in the 31 real
@@ -387,6 +390,7 @@ class ClusterConfig:
     mass_scoring: bool = True
     mass_thresholds: SeverityThresholds = field(default_factory=lambda: SeverityThresholds(1.0, 1.5, 3.0))
     mass_min_members: int = 2
+    mass_tail_k: float = 4.0
     similar_baseline: str = SIMILAR_BASELINE_PATTERN
     known_service_unit_share: float = 0.5
     known_service_ratio: float = 2.0

@@ -110,7 +110,7 @@ def _verdict(members, code, count, signatures: Signatures, units: Units, past, m
         note += f"; burst {burst.severity}: {burst.note}"
     else:
         per_unit = count / max(minute_units, 1)
-        reference = reference_high(level, signatures.largest_group[past], config.full_units(basis))
+        reference = reference_high(level, signatures.largest_group[past], config.full_units(basis), config.mass_tail_k)
         scored = score_against(EVIDENCE_LARGEST_GROUP, per_unit, reference, config, " identical per unit")
         severity, source, evidence, evidence_score = scored.severity, scored.source, EVIDENCE_LARGEST_GROUP, scored.score
         note += f"; largest group {severity}: {scored.note}; signature: {burst.note}"
