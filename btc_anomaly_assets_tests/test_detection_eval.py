@@ -19,7 +19,8 @@ KINDS = ["whale", "fee_spike_block", "fee_spike_fraction", "fan_out_storm", "bot
 
 @pytest.fixture(scope="module")
 def results():
-    return detection_eval.run(days=(14,), seeds=(0,), kinds=KINDS, sizes="beyond", positions=["1st", "warm"])
+    return detection_eval.run(days=(14,), seeds=(0,), kinds=KINDS, sizes="beyond", positions=["1st", "warm"],
+                              held_out=False)
 
 
 def test_v2_meets_the_thresholds_on_the_reduced_evaluation(results):
@@ -32,6 +33,6 @@ def test_the_evaluation_can_tell_v1_from_v2(results):
     before = results[results["setting"] == "before"]
     first = before[(before["position"] == "1st") & (before["kind"] != "none")]
     assert first["flagged"].mean() < 0.5
-    assert detection_eval.verdict(results.assign(setting=results["setting"].map({"before": "after", "after": "x"})))
+    assert detection_eval.verdict(results, setting="before")
     untouched = before[before["kind"] == "none"]
     assert untouched.loc[untouched["flagged"], "by"].str.contains("similar_burst").any()

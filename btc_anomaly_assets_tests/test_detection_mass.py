@@ -90,7 +90,7 @@ def test_a_fan_out_storm_in_the_first_block_is_seen_by_its_mass(real_raw):
     """The first block a fresh deployment sees: batch payouts taking 60 % of its weight (the real
     blocks' fan-outs take at most 21 %). v1 has no history and says nothing; v2 grades it from the
     priors, on mass."""
-    block, minute, rows = _first_block_of_14_august(real_raw)
+    _, minute, rows = _first_block_of_14_august(real_raw)
     stormy, hashes = events.fan_out_storm(rows, rd.raw_in(real_raw, *rd.DAY14_WINDOW),
                                           events.Size("60%", 0.60, True), np.random.default_rng(7), "test-storm")
     assert stormy["weight"].sum() <= events.MAX_BLOCK_WEIGHT and len(stormy) < len(rows) + len(hashes)  # displaced
@@ -113,7 +113,7 @@ def test_a_fan_out_storm_in_the_first_block_is_seen_by_its_mass(real_raw):
 
 
 def test_a_whale_in_the_first_block_is_high_from_the_priors(real_raw):
-    block, minute, rows = _first_block_of_14_august(real_raw)
+    _, minute, rows = _first_block_of_14_august(real_raw)
     whale_rows, _ = events.whale(rows, rows, events.Size("3,000", 3_000, True), None, "test-whale")
     aggregates = rd.minute_aggregates(whale_rows, minute, minute + timedelta(minutes=1))
     v2 = detect_ewma_anomalies(aggregates, minute, minute + timedelta(minutes=1))
@@ -127,8 +127,8 @@ def test_the_reference_is_the_real_range_top_and_history_only_raises_it():
     level = Level(median=50.0, high=200.0, mean=60.0, scale=10.0, units=31)
     assert reference_high(level, np.array([]), 6) == Reference(200.0, "prior")
     assert reference_high(level, np.array([10.0, 10.0, 10.0]), 6) == Reference(200.0, "both")  # quiet history: prior floor
-    busy = reference_high(level, np.full(6, 100.0), 6)  # history alone: median 100 x top/median 4
-    assert busy == Reference(400.0, "history")
+    busy = reference_high(level, np.full(6, 100.0), 6)  # history alone: median 100 + (top - median) 150
+    assert busy == Reference(250.0, "history")
     heavy = Level(median=50.0, high=100.0, mean=60.0, scale=40.0, units=20)  # a heavy tail seen on few units
     assert reference_high(heavy, np.array([]), 6).value == 50.0 + 4 * 40.0
     rare = Level(median=0.0, high=400.0, mean=50.0, scale=0.0, units=31)  # present in few units (CoinJoins)

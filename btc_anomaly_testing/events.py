@@ -75,7 +75,7 @@ def place(block: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
     excess = int(block["weight"].sum() + added["weight"].sum()) - MAX_BLOCK_WEIGHT
     if excess > 0:
         shapes = classify_shapes(block).to_numpy()
-        ordinary = block[(shapes == None) & ~block["is_coinbase"].to_numpy()]  # noqa: E711 (object array)
+        ordinary = block[pd.isna(shapes) & ~block["is_coinbase"].to_numpy()]
         ordinary = ordinary.sort_values(["fee_per_kwu", "hash"], kind="stable")
         cumulative = ordinary["weight"].cumsum().to_numpy()
         cut = int(np.searchsorted(cumulative, excess)) + 1
@@ -109,7 +109,7 @@ def fee_spike_block(block, pool, size: Size, rng, tag):
 def fee_spike_fraction(block, pool, size: Size, rng, tag):
     """A fraction ``size.value`` of the ordinary transactions pays 50x the block's median fee rate."""
     candidates = np.flatnonzero(~block["is_coinbase"].to_numpy())
-    chosen = rng.choice(candidates, size=max(1, int(round(size.value * candidates.size))), replace=False)
+    chosen = rng.choice(candidates, size=max(1, round(size.value * candidates.size)), replace=False)
     changed = _with_fee_rate(block.iloc[chosen], 50.0 * _rate_kwu(block))
     out = block.copy()
     out.iloc[chosen, [out.columns.get_loc(c) for c in changed.columns]] = changed.to_numpy()
@@ -214,17 +214,26 @@ def _sizes(*entries) -> tuple[Size, ...]:
     return tuple(Size(label, value, beyond) for label, value, beyond in entries)
 
 
-# kind -> (injector, sizes, what a relevant finding is: EWMA metrics, or None for clusters holding
-# the event's transactions). Sizes marked True are clearly beyond the 31 real blocks' range.
+# kind -> (injector, sizes). Sizes marked True are clearly beyond the 31 real blocks' range:
+# whales >= 3,000 BTC (the largest non-whale transaction is 1,022 BTC); whole-block fee spikes
+# >= 30x (a block's median fee rate moves up to ~16x between real blocks, 0.25-4 sat/vB, so 10x
+# is not beyond); >= 10 % of a block paying 50x (real blocks hold 1-102 such payers); value
+# surges >= 50x the day's median block total (20x = 29-42k BTC, about the real 22.8k maximum);
+# fan-out storms >= 40 % of the weight (real at most 21 %); small-consolidation storms of 60 %
+# (beyond by count: ~1,500 consolidations against at most 125; 30 % is within the real weight
+# range 1.5-75 %, and large consolidations never leave it); bot bursts >= 100 identical
+# (real at most 42); >= 10 mass dust fan-outs (5,000 outputs; real at most 1,017 per block);
+# >= 5 CoinJoin rounds (real at most 1 per block).
 EVENTS = {
     "whale": (whale, _sizes(("1,000 BTC", 1_000, False), ("3,000 BTC", 3_000, True), ("10,000 BTC", 10_000, True))),
-    "fee_spike_block": (fee_spike_block, _sizes(("x3", 3, False), ("x10", 10, True), ("x30", 30, True))),
+    "fee_spike_block": (fee_spike_block, _sizes(("x3", 3, False), ("x10", 10, False), ("x30", 30, True),
+                                                 ("x100", 100, True))),
     "fee_spike_fraction": (fee_spike_fraction, _sizes(("2% at 50x", 0.02, False), ("10% at 50x", 0.10, True),
                                                       ("25% at 50x", 0.25, True))),
-    "value_surge": (value_surge, _sizes(("x3 day median", 3, False), ("x20", 20, True), ("x50", 50, True))),
+    "value_surge": (value_surge, _sizes(("x3 day median", 3, False), ("x20", 20, False), ("x50", 50, True))),
     "fan_out_storm": (fan_out_storm, _sizes(("15% weight", 0.15, False), ("40% weight", 0.40, True),
                                             ("60% weight", 0.60, True))),
-    "fan_in_storm_small": (fan_in_storm_small, _sizes(("10% weight", 0.10, False), ("30% weight", 0.30, True),
+    "fan_in_storm_small": (fan_in_storm_small, _sizes(("10% weight", 0.10, False), ("30% weight", 0.30, False),
                                                       ("60% weight", 0.60, True))),
     "fan_in_storm_large": (fan_in_storm_large, _sizes(("40% weight", 0.40, False), ("80% weight", 0.80, False))),
     "bot_burst": (bot_burst, _sizes(("30 identical", 30, False), ("100 identical", 100, True),

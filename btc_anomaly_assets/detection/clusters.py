@@ -78,7 +78,7 @@ from btc_anomaly_assets.detection.config import (
 from btc_anomaly_assets.detection.mass import (
     EVIDENCE_LABEL,
     EVIDENCE_MEMBERS,
-    MASS_EVIDENCE,
+    PATTERN_MASS_EVIDENCE,
     Evidence,
     History,
     MemberPrior,
@@ -286,7 +286,7 @@ def _shape_verdict(pattern: str, members: pd.DataFrame, context: _MinuteContext,
     evidence = [Evidence(EVIDENCE_MEMBERS, float(count), burst.score, burst.severity, burst.source, burst.note)]
     if config.mass_scoring and config.priors is not None:
         values = minute_mass(members, context.weight, context.units)
-        for name in MASS_EVIDENCE:
+        for name in PATTERN_MASS_EVIDENCE[pattern]:
             level = config.priors.evidence(basis, pattern, name)
             reference = reference_high(level, masses.history(pattern, name, past), config.full_units(basis),
                                        config.mass_tail_k)

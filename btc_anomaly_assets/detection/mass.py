@@ -12,7 +12,7 @@ A shape group of a minute (all its fan-out batch payouts, say) is scored on:
   created and ``value_btc`` moved (the last three per unit). Each is divided by a *reference*: the
   upper end of the real range. The prior says what the largest real unit showed (``Level.high``,
   or ``median + mass_tail_k x spread`` when larger: ``prior_top``); history says
-  ``median(past units) x top / median`` (for a pattern present in fewer than half
+  ``median(past units) + (top - median)`` (for a pattern present in fewer than half
   of the real units, the largest past unit); the two are blended with the prior's weight
   ``1 - n / full`` and the reference never drops below the prior's top, so a quiet stretch
   cannot make an ordinary block look like a storm, while a busier market raises the bar.
@@ -43,6 +43,15 @@ EVIDENCE_MEMBERS = "members"
 EVIDENCE_LABEL = "label"
 EVIDENCE_LARGEST_GROUP = "largest_group"
 MASS_EVIDENCE = ("weight_share", "inputs", "outputs", "value_btc")
+# The mass each shape is judged on: what it creates or consumes. A consolidation's value is whoever
+# consolidates (4,244 BTC in one real block; a whale is the EWMA's business), a fan-out's or dust
+# spray's inputs say nothing about the storm.
+PATTERN_MASS_EVIDENCE = {
+    "coinjoin": MASS_EVIDENCE,
+    "dust_fanout": ("weight_share", "outputs"),
+    "fan_in_consolidation": ("weight_share", "inputs"),
+    "fan_out_batch": ("weight_share", "outputs", "value_btc"),
+}
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,9 @@ def reference_high(level: Level | None, history: np.ndarray, full_units: int, ta
     if history.size == 0:
         return Reference(top, SOURCE_PRIOR)
     if level.common:
-        from_history = float(np.median(history)) * top / level.median
+        # Shifted, not scaled: heavy tails (dust outputs: median 37, top 1,017) would turn a busy
+        # history median into a bar no storm reaches.
+        from_history = float(np.median(history)) + (top - level.median)
     else:
         from_history = float(np.max(history))
     weight = prior_weight(int(history.size), full_units)
