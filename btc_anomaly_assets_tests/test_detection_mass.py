@@ -134,3 +134,20 @@ def test_the_reference_is_the_real_range_top_and_history_only_raises_it():
     rare = Level(median=0.0, high=400.0, mean=50.0, scale=0.0, units=31)  # present in few units (CoinJoins)
     assert reference_high(rare, np.array([0.0, 0.0, 500.0, 0.0, 0.0, 0.0]), 6) == Reference(500.0, "history")
     assert reference_high(None, np.array([1.0]), 6) is None
+
+
+def test_first_seen_minutes_have_their_own_priors(real_raw):
+    """Time basis first_seen (units are minutes): a bot burst of 100 identical payments in the first
+    minute a fresh detector sees is graded from the first-seen priors; v1 has no history."""
+    arrivals = rd.synthetic_first_seen(rd.raw_in(real_raw, *rd.DAY14_WINDOW))
+    minute = arrivals["minute"].min()
+    rows = arrivals[arrivals["minute"] == minute].reset_index(drop=True)
+    burst, hashes = events.bot_burst(rows, rows, events.Size("100", 100, True), np.random.default_rng(3), "fs-burst")
+    end = minute + timedelta(minutes=1)
+    v2 = detect_coordinated_clusters(burst, minute, end)
+    group = v2[v2["member_hashes"].map(lambda members: set(hashes) <= set(members))].iloc[0]
+    assert group["pattern"] == PATTERN_SIMILAR_BURST and group["time_basis"] == "first_seen"
+    assert group["severity"] in MEDIUM_PLUS and group["baseline_source"] == "prior" and group["evidence"] == "largest_group"
+    assert not detect_coordinated_clusters(burst, minute, end, ClusterConfig().v1())["severity"].isin(MEDIUM_PLUS).any()
+    # The untouched minute: nothing at medium.
+    assert not detect_coordinated_clusters(rows, minute, end)["severity"].isin(MEDIUM_PLUS).any()
