@@ -91,3 +91,20 @@ def test_the_prior_fades_as_history_grows():
     assert [source_of(prior_weight(n, 6)) for n in (0, 3, 6)] == ["prior", "both", "history"]
     assert combine_sources("prior", "prior") == "prior" and combine_sources("history", None) == "history"
     assert combine_sources("prior", "history") == "both" and combine_sources(None) is None
+
+
+def test_the_dagster_setting_picks_the_table(tmp_path):
+    import dagster as dg
+
+    from btc_anomaly_assets.detection.resources import DetectionSettings
+
+    assert DetectionSettings().cluster_config().priors is builtin_priors()
+    assert DetectionSettings().ewma_config().priors is builtin_priors()
+    v1 = DetectionSettings(priors="none")
+    assert v1.cluster_config().priors is None and v1.ewma_config().priors is None
+    assert v1.cluster_config().similar_baseline == "signature" and not v1.cluster_config().mass_scoring
+    own = tmp_path / "mine.json"
+    own.write_text(BUILTIN_PRIORS_FILE.read_text())
+    assert DetectionSettings(priors=str(own)).cluster_config().priors.where == str(own)
+    with pytest.raises(dg.Failure, match="missing.json does not exist"):
+        DetectionSettings(priors=str(tmp_path / "missing.json")).ewma_config()

@@ -36,6 +36,11 @@ The final severity is the larger of that burst severity and the pattern's label 
 Consolidation and batch clusters need ``burst_min_members`` (20) members to be reported at all,
 similar bursts likewise; a CoinJoin or a dust fan-out is reported from one member.
 
+Detection v2 (``ClusterConfig.v1()`` turns it off): the members rule starts from the shipped
+priors instead of a warm-up, every shape group is also scored on its mass (``detection.mass``),
+similar bursts are scored against the largest identical group per unit (``detection.similar``),
+and each row records ``baseline_source``, ``evidence`` and ``evidence_score``.
+
 Seed-parity mode
 ----------------
 The tutorial's ``detect_coordinated_attacks.py``: per minute, the rows with >= 10 inputs or >= 10

@@ -42,9 +42,19 @@ Severity (the larger of two rules, the ``rule`` column says which fired):
 - robust z: 3 / 5 / 8 for low / medium / high, once ``block_warmup`` (6) past block-minutes or
   ``first_seen_warmup`` (30) past minutes exist. Only increases are graded, except the first-seen
   transaction count, where a drop in arrivals is graded too.
-- ratio (total value and largest transaction): value / baseline of 5 / 10 / 30 in natural units.
+- ratio (total value and largest transaction): value / baseline of 5 / 10 / 30 in natural units
+  (3 / 4 / 8 for the largest transaction, see ``DEFAULT_METRICS``).
   It needs a single past block for the largest transaction, so a 19,600 BTC transfer among blocks
   whose largest is ~300 BTC is high even during warm-up.
+
+Detection v2: priors
+--------------------
+With ``EwmaConfig.priors`` (the shipped table, ``detection.priors``), a metric with little or no
+history is not left in warm-up: baseline and scale blend the prior's starting level with the
+history's fit, the prior weighing ``1 - n / warmup`` for ``n`` past observations, and the row's
+``baseline_source`` says ``prior``, ``both`` or ``history``. Fee-rate metrics also grade values
+far above the largest real block while the prior weighs in (``MetricSpec.prior_range_margin``).
+``EwmaConfig().v1()`` is the same without priors.
 
 Seed-parity mode
 ----------------
