@@ -95,6 +95,7 @@ def _ewma(aggregates: pd.DataFrame) -> pd.DataFrame:
                 "time_basis": agg["time_basis"],
                 "tx_count": count,
                 "block_ids": agg["block_ids"],
+                "baseline_source": "history" if scored else None,  # detection v2
             })
     return pd.DataFrame(rows)
 
@@ -117,6 +118,9 @@ def _cluster(minute: str, pattern: str, severity: str, members: list[str], input
         "mode": "default",
         "time_basis": "block",
         "block_ids": [909769],
+        "baseline_source": "history",  # detection v2
+        "evidence": "members",
+        "evidence_score": 5.0,
     }
 
 

@@ -53,6 +53,7 @@ def ewma_row(**overrides) -> dict:
         "time_basis": "block",
         "tx_count": 5002,
         "block_ids": np.array([909778]),
+        "baseline_source": "history",  # detection v2
     }
     row.update(overrides)
     return row
@@ -76,6 +77,9 @@ def cluster_row(**overrides) -> dict:
         "mode": "default",
         "time_basis": "block",
         "block_ids": [909778],
+        "baseline_source": "history",  # detection v2
+        "evidence": "members",
+        "evidence_score": 2.0,
     }
     row.update(overrides)
     return row

@@ -150,17 +150,30 @@ def test_clusters_do_not_depend_on_the_window_start(real_raw):
 # --- injected events ---------------------------------------------------------------------------------
 
 
-def test_forty_identical_transactions_are_a_similar_burst(real_raw):
+def test_forty_identical_transactions_are_routine_but_a_hundred_and_fifty_are_a_burst(real_raw):
+    """v2: real blocks hold up to 42 identical non-dust transactions, so 40 is a low group at most;
+    v1 (per-signature baseline) called the same 40 medium."""
     block_id = 909775
     minute = rd.block_minutes(real_raw)[block_id]
-    injected, hashes = rd.inject_identical_burst(real_raw, block_id)
-    before = cluster_window(real_raw, minute, minute + timedelta(minutes=1))
-    after = cluster_window(injected, minute, minute + timedelta(minutes=1))
+    window = (minute, minute + timedelta(minutes=1))
+    before = cluster_window(real_raw, *window)
+    forty, forty_hashes = rd.inject_identical_burst(real_raw, block_id)
+
+    def injected_group(clusters):
+        return clusters[clusters["member_hashes"].map(lambda members: set(forty_hashes) <= set(members))]
+
+    group = injected_group(cluster_window(forty, *window))
+    assert len(group) == 1 and group.iloc[0]["severity"] in ("info", "low")
+    assert group.iloc[0]["evidence"] == "largest_group" and group.iloc[0]["evidence_score"] < 1.5
+    assert injected_group(cluster_window(forty, *window, ClusterConfig().v1())).iloc[0]["severity"] in MEDIUM_PLUS
+
+    injected, hashes = rd.inject_identical_burst(real_raw, block_id, count=150)
+    after = cluster_window(injected, *window)
     bursts = after[(after["pattern"] == PATTERN_SIMILAR_BURST) & after["severity"].isin(MEDIUM_PLUS)]
     assert len(bursts) == 1
     burst = bursts.iloc[0]
     assert burst["minute"] == minute and set(hashes) <= set(burst["member_hashes"])
-    assert burst["tx_count"] == len(hashes) + 1  # the 40 copies and the real transaction they copy
+    assert burst["tx_count"] == len(hashes) + 1  # the copies and the real transaction they copy
     assert not before["severity"].isin(MEDIUM_PLUS).any()
 
 
@@ -247,6 +260,8 @@ def _raw_rows(shapes: list[tuple[int, int, int]], minute: datetime, time_basis: 
                 "input_count": inputs,
                 "output_count": outputs,
                 "output_total": total,
+                # P2WPKH-like: ~68 vB per input, 31 per output, 11 overhead; 4 WU per vB.
+                "weight": 4 * (68 * inputs + 31 * outputs + 11),
             }
         )
     return pd.DataFrame(rows)

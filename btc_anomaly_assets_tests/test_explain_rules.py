@@ -60,6 +60,7 @@ def ewma_row(**overrides) -> dict:
         "time_basis": "first_seen",
         "tx_count": 412,
         "block_ids": [],
+        "baseline_source": "history",  # detection v2
     }
     row.update(overrides)
     assert set(row) == set(column_names(EWMA_ANOMALY_COLUMNS))
@@ -84,6 +85,9 @@ def cluster_row(**overrides) -> dict:
         "mode": "default",
         "time_basis": "block",
         "block_ids": [908_123],
+        "baseline_source": "history",  # detection v2
+        "evidence": "members",
+        "evidence_score": 2.0,
     }
     row.update(overrides)
     assert set(row) == set(column_names(COORDINATED_CLUSTER_COLUMNS))

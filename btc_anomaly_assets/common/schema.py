@@ -179,6 +179,10 @@ EWMA_ANOMALY_COLUMNS: list[Column] = [
     Column("time_basis", pa.string(), "`block` or `first_seen` (NULL when the minute had no rows)"),
     Column("tx_count", pa.int64(), "Transactions in the minute, for context"),
     Column("block_ids", pa.list_(pa.int64()), "Blocks present in the minute, for context"),
+    Column("baseline_source", pa.string(),
+           "What the baseline came from: `prior` (the shipped priors table only: no past observations yet), "
+           "`history` (past observations only) or `both` (blended while history is short); NULL when not "
+           "scored or in seed-parity mode (detection v2)"),
 ]
 
 # btc.coordinated_clusters: one row per detected structural pattern group in a minute.
@@ -199,6 +203,16 @@ COORDINATED_CLUSTER_COLUMNS: list[Column] = [
     Column("mode", pa.string(), "`default` or `seed_parity`"),
     Column("time_basis", pa.string(), "`block` or `first_seen`"),
     Column("block_ids", pa.list_(pa.int64()), "Blocks the members are in"),
+    Column("baseline_source", pa.string(),
+           "What the baselines came from: `prior` (shipped priors only), `history` (past units only) or "
+           "`both`; NULL in seed-parity mode (detection v2)"),
+    Column("evidence", pa.string(),
+           "The evidence that set the severity: members | weight_share | inputs | outputs | value_btc | "
+           "largest_group (similar bursts) | label; NULL in seed-parity mode (detection v2)"),
+    Column("evidence_score", pa.float64(),
+           "That evidence's score against its baseline: for mass and largest_group, the value over the "
+           "real range's upper end (1 = the largest any real unit showed); for members, the share score "
+           "(detection v2)"),
 ]
 
 SEVERITIES = ("info", "low", "medium", "high")

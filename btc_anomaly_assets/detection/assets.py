@@ -40,6 +40,18 @@ MEMBERS_IN_RAW = "cluster_members_exist_in_raw"
 FLAGGED = ("medium", "high")
 
 
+def _priors_label(detection: DetectionSettings) -> str:
+    """Which priors table scored this run (visible, so a v1 fallback is never silent)."""
+    table = detection.ewma_config().priors
+    return "none (detection v1)" if table is None else f"{detection.priors}: {table.version}"
+
+
+def _sources(frame: pd.DataFrame) -> str:
+    """How many rows had a baseline from the priors, from history, or both."""
+    counts = frame["baseline_source"].value_counts()
+    return ", ".join(f"{name} {int(counts.get(name, 0))}" for name in ("prior", "both", "history"))
+
+
 @dg.asset(
     key=EWMA_ANOMALIES,
     group_name="detection",
@@ -95,6 +107,8 @@ def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettin
         metadata={
             "alerts_in_run": ", ".join(f"{n} {status}" for status, n in sorted(delivered.items())) or "none",
             "mode": detection.mode,
+            "priors": _priors_label(detection),
+            "baseline_sources": _sources(scored),
             "window_flagged_minutes": int(flagged["minute"].nunique()),
             "flagged_preview": markdown_preview(flagged[["minute", "metric", "value", "baseline", "z_score", "severity", "rule"]]),
         },
@@ -155,6 +169,8 @@ def coordinated_clusters(context: dg.AssetExecutionContext, detection: Detection
         metadata={
             "mode": detection.mode,
             "label_preset": detection.label_preset,
+            "priors": _priors_label(detection),
+            "baseline_sources": _sources(clusters),
             "window_clusters": len(clusters),
             "flagged_preview": markdown_preview(flagged[["minute", "pattern", "tx_count", "total_value_btc", "score", "severity",
                                                          "sample_tx_hash"]]),

@@ -36,6 +36,11 @@ The final severity is the larger of that burst severity and the pattern's label 
 Consolidation and batch clusters need ``burst_min_members`` (20) members to be reported at all,
 similar bursts likewise; a CoinJoin or a dust fan-out is reported from one member.
 
+Detection v2 (``ClusterConfig.v1()`` turns it off): the members rule starts from the shipped
+priors instead of a warm-up, every shape group is also scored on its mass (``detection.mass``),
+similar bursts are scored against the largest identical group per unit (``detection.similar``),
+and each row records ``baseline_source``, ``evidence`` and ``evidence_score``.
+
 Seed-parity mode
 ----------------
 The tutorial's ``detect_coordinated_attacks.py``: per minute, the rows with >= 10 inputs or >= 10
@@ -46,7 +51,7 @@ blocks this flags every minute that holds a block.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -55,9 +60,7 @@ import pandas as pd
 from btc_anomaly_assets.common.schema import (
     COORDINATED_CLUSTER_COLUMNS,
     SATOSHI_PER_BTC,
-    TIME_BASIS_BLOCK,
     column_names,
-    severity_rank,
     single_time_basis,
 )
 from btc_anomaly_assets.common.windows import minute_window
@@ -77,13 +80,32 @@ from btc_anomaly_assets.detection.config import (
     ClusterConfig,
     max_severity,
 )
+from btc_anomaly_assets.detection.mass import (
+    EVIDENCE_LABEL,
+    EVIDENCE_MEMBERS,
+    PATTERN_MASS_EVIDENCE,
+    Evidence,
+    History,
+    MemberPrior,
+    UnitMass,
+    Verdict,
+    member_burst,
+    minute_mass,
+    reference_high,
+    score_against,
+    strongest,
+    unit_mass,
+)
+from btc_anomaly_assets.detection.priors import combine_sources
+from btc_anomaly_assets.detection.similar import SIGNATURE_COLUMNS, Signatures, similar_verdicts
+from btc_anomaly_assets.detection.units import Units, build_units, past_units
 
 DEFAULT_CLUSTER_CONFIG = ClusterConfig()
 # Minutes of raw transactions before a window's start that the default mode reads.
 CLUSTER_LOOKBACK_MINUTES = DEFAULT_CLUSTER_CONFIG.lookback_minutes
 CLUSTER_OUTPUT_NAMES = column_names(COORDINATED_CLUSTER_COLUMNS)
 SHAPE_PATTERNS = (PATTERN_COINJOIN, PATTERN_DUST_FANOUT, PATTERN_FAN_IN, PATTERN_FAN_OUT)
-SIGNATURE_COLUMNS = ("input_count", "output_count", "output_total")
+__all__ = ["SIGNATURE_COLUMNS", "classify_shapes", "cluster_id", "detect_coordinated_clusters"]
 
 CLUSTER_INPUT_COLUMNS = (
     "hash",
@@ -94,6 +116,7 @@ CLUSTER_INPUT_COLUMNS = (
     "input_count",
     "output_count",
     "output_total",
+    "weight",
 )
 
 
@@ -194,106 +217,6 @@ def _prepare(raw: pd.DataFrame, end: pd.Timestamp) -> pd.DataFrame:
 # --- default mode ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Units:
-    """Past comparison units (blocks or minutes): the minute each is in and its transaction count."""
-
-    row_unit: np.ndarray  # index into the unit arrays, per transaction row
-    unit_keys: np.ndarray  # sorted distinct unit keys
-    unit_minutes: np.ndarray  # int64 us, per unit
-    unit_sizes: np.ndarray  # non-coinbase transactions per unit
-
-
-def _units(frame: pd.DataFrame, basis: str | None) -> _Units:
-    minutes_us = frame["minute"].to_numpy().astype("datetime64[us]").astype(np.int64)
-    if basis == TIME_BASIS_BLOCK:
-        keys = frame["block_id"].to_numpy(dtype=np.int64)
-    else:
-        keys = minutes_us
-    table = pd.DataFrame({"key": keys, "minute": minutes_us})
-    grouped = table.groupby("key", sort=True)
-    unit_keys = grouped.size().index.to_numpy()
-    return _Units(
-        row_unit=np.searchsorted(unit_keys, keys),
-        unit_keys=unit_keys,
-        unit_minutes=grouped["minute"].min().to_numpy(),
-        unit_sizes=grouped.size().to_numpy(),
-    )
-
-
-def _past_units(units: _Units, minute_us: int, lookback_us: int) -> np.ndarray:
-    """Indices of units whose minute is in ``[minute - lookback, minute)``."""
-    return np.flatnonzero((units.unit_minutes >= minute_us - lookback_us) & (units.unit_minutes < minute_us))
-
-
-def _unit_counts(units: _Units, rows: np.ndarray) -> np.ndarray:
-    """Per unit, how many rows are selected by ``rows`` (a boolean mask or row indices)."""
-    return np.bincount(units.row_unit[rows], minlength=units.unit_keys.size)
-
-
-@dataclass(frozen=True)
-class _Burst:
-    score: float
-    baseline: float
-    severity: str
-    note: str
-
-
-@dataclass(frozen=True)
-class _History:
-    """A pattern's members and the transactions in each past unit of the lookback (aligned arrays)."""
-
-    counts: np.ndarray
-    sizes: np.ndarray
-
-    @property
-    def units(self) -> int:
-        return int(self.counts.size)
-
-    def pooled_share(self) -> float:
-        """All past members over all past transactions: big blocks weigh as much as they hold."""
-        return float(self.counts.sum() / self.sizes.sum())
-
-    def mean_share(self) -> float:
-        return float(np.mean(self.counts / self.sizes))
-
-
-def _burst(
-    members: int,
-    minute_size: int,
-    minute_units: int,
-    history: _History,
-    *,
-    signature: bool,
-    expected_floor: float,
-    config: ClusterConfig,
-) -> _Burst:
-    """Grade ``members`` of a minute with ``minute_size`` transactions in ``minute_units`` units
-    against the pattern's ``history`` (see ``ClusterConfig``: share score, and for shapes the count rule)."""
-    if history.units == 0:
-        return _Burst(float("nan"), float("nan"), "info", "no past units to compare with")
-    share, statistic = (history.mean_share(), "mean") if signature else (history.pooled_share(), "pooled")
-    expected = max(share * minute_size, expected_floor)
-    score = members / expected
-    if history.units < config.burst_warmup_units:
-        return _Burst(score, expected, "info", f"warm-up: {history.units}/{config.burst_warmup_units} past units")
-    if members < config.burst_min_members:
-        note = f"{score:.1f}x the expected {expected:.1f}, but a burst needs {config.burst_min_members} members"
-        return _Burst(score, expected, "info", note)
-    severity = config.burst_thresholds.grade(score)
-    note = f"{score:.1f}x the expected {expected:.1f} ({statistic} share {share:.4f} over {history.units} past units)"
-    if signature:
-        return _Burst(score, expected, severity, note)
-    usual = max(float(np.median(history.counts)) * minute_units, expected_floor)
-    count_ratio = members / usual
-    note += f"; {count_ratio:.1f}x the usual {usual:.1f} per {minute_units} unit(s) (median count)"
-    if count_ratio >= config.burst_count_ratio and severity == "low":
-        # The share is already unusual (low); this many per unit on top makes it a storm.
-        severity = "medium"
-        note += f", >= {config.burst_count_ratio:g}x the usual count with a share score >= {config.burst_thresholds.low:g}"
-    return _Burst(score, expected, severity, note)
-
-
 def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfig) -> list[dict]:
     basis = frame.attrs.get("time_basis")
     frame = frame[~frame["is_coinbase"].astype(bool)]
@@ -302,55 +225,101 @@ def _default_rows(frame: pd.DataFrame, start: pd.Timestamp, config: ClusterConfi
     if frame.empty:
         return []
     shapes = classify_shapes(frame, config).to_numpy()
-    units = _units(frame, basis)
+    units = build_units(frame, basis)
     lookback_us = int(timedelta(minutes=config.lookback_minutes) / timedelta(microseconds=1))
     minutes_us = frame["minute"].to_numpy().astype("datetime64[us]").astype(np.int64)
     start_us = int(start.asm8.astype("datetime64[us]").astype(np.int64))
-    shape_unit_counts = {pattern: _unit_counts(units, shapes == pattern) for pattern in SHAPE_PATTERNS}
-    signatures = _Signatures(frame, units)
+    masses = unit_mass(units.row_unit, units.unit_keys.size, frame, shapes, SHAPE_PATTERNS)
+    signatures = Signatures(frame, units, config.dust_output_sat)
+    weights = frame["weight"].to_numpy(dtype=float)
 
     rows: list[dict] = []
     for minute_us in np.unique(minutes_us[minutes_us >= start_us]):
         first, last = np.searchsorted(minutes_us, [minute_us, minute_us + 1])
         minute_rows = frame.iloc[first:last]
         minute_shapes = shapes[first:last]
-        past = _past_units(units, int(minute_us), lookback_us)
-        minute_size = int(last - first)
-        minute_units = int(np.unique(units.row_unit[first:last]).size)
+        context = _MinuteContext(
+            past=past_units(units, int(minute_us), lookback_us),
+            size=int(last - first),
+            units=int(np.unique(units.row_unit[first:last]).size),
+            weight=float(weights[first:last].sum()),
+        )
         for pattern in SHAPE_PATTERNS:
             selected = minute_shapes == pattern
-            count = int(selected.sum())
-            if count == 0 or (pattern in (PATTERN_FAN_IN, PATTERN_FAN_OUT) and count < config.burst_min_members):
+            if not selected.any():
                 continue
-            burst = _burst(
-                count,
-                minute_size,
-                minute_units,
-                _History(shape_unit_counts[pattern][past], units.unit_sizes[past]),
-                signature=False,
-                expected_floor=config.burst_expected_floor,
-                config=config,
-            )
             members = minute_rows[selected]
-            label, label_note = _label(pattern, members, config)
-            rows.append(_cluster_row(config.mode, pattern, members, burst, label, label_note, basis))
-        rows.extend(_similar_bursts(minute_rows, signatures.codes[first:last], signatures, units, past, minute_size, basis,
-                                    config))
+            verdict = _shape_verdict(pattern, members, context, units, masses, basis, config)
+            if verdict is not None:
+                rows.append(_summary_row(config.mode, pattern, members, verdict, basis))
+        for members, verdict in similar_verdicts(minute_rows, signatures.codes[first:last], signatures, units, context.past,
+                                                 context.size, context.units, basis, config):
+            rows.append(_summary_row(config.mode, PATTERN_SIMILAR_BURST, members, verdict, basis))
     return rows
 
 
-class _Signatures:
-    """Each row's exact (inputs, outputs, output_total) signature as a code, and per code the rows holding it."""
+@dataclass(frozen=True)
+class _MinuteContext:
+    past: np.ndarray  # indices of the past units of the lookback
+    size: int  # non-coinbase transactions in the minute
+    units: int  # blocks (or 1 minute) in the minute
+    weight: float  # their total weight, WU
 
-    def __init__(self, frame: pd.DataFrame, units: _Units):
-        self.codes = frame.groupby(list(SIGNATURE_COLUMNS), sort=False).ngroup().to_numpy()
-        self._order = np.argsort(self.codes, kind="stable")
-        self._bounds = np.searchsorted(self.codes[self._order], np.arange(self.codes.max() + 2))  # frame is not empty
-        self._units = units
 
-    def unit_counts(self, code: int) -> np.ndarray:
-        """Per unit, how many rows carry this signature."""
-        return _unit_counts(self._units, self._order[self._bounds[code]:self._bounds[code + 1]])
+def _member_prior(config: ClusterConfig, basis: str | None, pattern: str) -> MemberPrior | None:
+    if config.priors is None:
+        return None
+    share = config.priors.pooled_share(basis, pattern)
+    level = config.priors.evidence(basis, pattern, EVIDENCE_MEMBERS)
+    if share is None or level is None:
+        return None
+    # The members rule trusts history from burst_warmup_units on (v1's warm-up), so after it the
+    # rule is exactly v1; before it, the prior fills in instead of a blind warm-up.
+    return MemberPrior(share=share, usual=level.median, full_units=config.burst_warmup_units)
+
+
+def _shape_verdict(pattern: str, members: pd.DataFrame, context: _MinuteContext, units: Units, masses: UnitMass,
+                   basis: str | None, config: ClusterConfig) -> Verdict | None:
+    """Members and mass evidence of one shape group; None for a consolidation or batch group too
+    small to report (fewer than ``burst_min_members`` and no mass evidence at least low)."""
+    count = len(members)
+    past = context.past
+    history = History(masses.per_pattern[pattern]["members"][past], units.unit_sizes[past])
+    burst = member_burst(count, context.size, context.units, history, signature=False,
+                         expected_floor=config.burst_expected_floor, config=config,
+                         prior=_member_prior(config, basis, pattern))
+    evidence = [Evidence(EVIDENCE_MEMBERS, float(count), burst.score, burst.severity, burst.source, burst.note)]
+    if config.mass_scoring and config.priors is not None:
+        values = minute_mass(members, context.weight, context.units)
+        for name in PATTERN_MASS_EVIDENCE[pattern]:
+            level = config.priors.evidence(basis, pattern, name)
+            reference = reference_high(level, masses.history(pattern, name, past), config.full_units(basis),
+                                       config.mass_tail_k)
+            scored = score_against(name, values[name], reference, config, "")
+            if scored is None:
+                continue
+            if count < config.mass_min_members and scored.severity != "info":
+                scored = replace(scored, severity="info",
+                                 note=f"{scored.note} (a mass storm needs {config.mass_min_members} members)")
+            evidence.append(scored)
+    small = pattern in (PATTERN_FAN_IN, PATTERN_FAN_OUT) and count < config.burst_min_members
+    if small and all(e.severity == "info" for e in evidence[1:]):
+        return None
+    label, label_note = _label(pattern, members, config)
+    best = strongest(evidence)
+    severity = max_severity(label, best.severity)
+    if severity == best.severity and best.severity != "info":
+        kind = "burst" if best.name == EVIDENCE_MEMBERS else "mass"
+        rule = f"{label_note}; {kind} {best.severity}: {best.note}"
+        evidence_name, evidence_score = best.name, best.score
+    else:
+        rule = f"{label_note}; label severity {label}; burst: {burst.note}"
+        evidence_name, evidence_score = EVIDENCE_LABEL, float("nan")
+    mass_notes = [e.note for e in evidence[1:] if e is not best]
+    if mass_notes:
+        rule += "; mass: " + ", ".join(mass_notes)
+    source = combine_sources(*(e.source for e in evidence))
+    return Verdict(severity, rule, burst.score, burst.baseline, source, evidence_name, evidence_score)
 
 
 def _label(pattern: str, members: pd.DataFrame, config: ClusterConfig) -> tuple[str, str]:
@@ -377,54 +346,7 @@ def _label(pattern: str, members: pd.DataFrame, config: ClusterConfig) -> tuple[
     raise AssertionError(f"no label rule for pattern {pattern!r}")
 
 
-def _similar_bursts(
-    minute_rows: pd.DataFrame,
-    minute_codes: np.ndarray,
-    signatures: _Signatures,
-    units: _Units,
-    past: np.ndarray,
-    minute_size: int,
-    basis: str | None,
-    config: ClusterConfig,
-) -> list[dict]:
-    """One cluster per exact (inputs, outputs, output_total) signature with enough members in the minute."""
-    codes, counts = np.unique(minute_codes, return_counts=True)
-    rows = []
-    for code, count in zip(codes.tolist(), counts.tolist()):  # output order is set by _to_output_frame
-        if count < config.burst_min_members:
-            continue
-        members = minute_rows[minute_codes == code]
-        signature = tuple(int(members[c].iloc[0]) for c in SIGNATURE_COLUMNS)
-        history = _History(signatures.unit_counts(code)[past], units.unit_sizes[past])
-        burst = _burst(
-            count, minute_size, 1, history, signature=True, expected_floor=config.similar_expected_floor, config=config
-        )
-        inputs, outputs, total = signature
-        note = f"identical structure: {inputs} inputs, {outputs} outputs, output_total {total} sat"
-        if total < config.dust_output_sat * outputs and severity_rank(burst.severity) > severity_rank(config.dust_valued_burst_cap):
-            # Dust-valued look-alikes (inscription and token mints) land in most blocks; see ClusterConfig.
-            note += f"; dust-valued (mean output < {config.dust_output_sat} sat), capped at {config.dust_valued_burst_cap}"
-            burst = _Burst(burst.score, burst.baseline, config.dust_valued_burst_cap, burst.note)
-        rows.append(
-            _cluster_row(config.mode, PATTERN_SIMILAR_BURST, members, burst, config.labels.similar_burst, note, basis)
-        )
-    return rows
-
-
-def _cluster_row(
-    mode: str, pattern: str, members: pd.DataFrame, burst: _Burst, label: str, label_note: str, basis: str | None
-) -> dict:
-    severity = max_severity(label, burst.severity)
-    if severity == burst.severity and burst.severity != "info":
-        rule = f"{label_note}; burst {burst.severity}: {burst.note}"
-    else:
-        rule = f"{label_note}; label severity {label}; burst: {burst.note}"
-    return _summary_row(mode, pattern, members, burst.score, burst.baseline, severity, rule, basis)
-
-
-def _summary_row(
-    mode: str, pattern: str, members: pd.DataFrame, score: float, baseline: float, severity: str, rule: str, basis
-) -> dict:
+def _summary_row(mode: str, pattern: str, members: pd.DataFrame, verdict: Verdict, basis) -> dict:
     minute = pd.Timestamp(members["minute"].iloc[0])
     hashes = sorted(str(h) for h in members["hash"])
     largest = members.sort_values(["output_total", "hash"], ascending=[False, True], kind="stable").iloc[0]
@@ -439,13 +361,16 @@ def _summary_row(
         "total_value_btc": float(members["output_total"].sum()) / SATOSHI_PER_BTC,
         "sample_tx_hash": str(largest["hash"]),
         "member_hashes": hashes,
-        "score": float(score),
-        "baseline": float(baseline),
-        "severity": severity,
-        "rule": rule,
+        "score": float(verdict.score),
+        "baseline": float(verdict.baseline),
+        "severity": verdict.severity,
+        "rule": verdict.rule,
         "mode": mode,
         "time_basis": basis,
         "block_ids": block_ids,
+        "baseline_source": verdict.source,
+        "evidence": verdict.evidence,
+        "evidence_score": float(verdict.evidence_score),
     }
 
 
@@ -469,10 +394,8 @@ def _seed_rows(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, conf
                 config.mode,
                 PATTERN_SEED,
                 members,
-                float(len(members)),
-                float(config.seed_min_flagged),
-                config.seed_flag_severity,
-                rule,
+                Verdict(config.seed_flag_severity, rule, float(len(members)), float(config.seed_min_flagged), None, None,
+                        float("nan")),
                 basis,
             )
         )
@@ -488,6 +411,7 @@ def _to_output_frame(rows: list[dict]) -> pd.DataFrame:
     out["tx_count"] = out["tx_count"].astype(np.int64)
     for name in ("avg_input_count", "avg_output_count", "total_value_btc", "score", "baseline"):
         out[name] = out[name].astype(float)
-    for name in ("member_hashes", "block_ids", "time_basis"):
+    out["evidence_score"] = out["evidence_score"].astype(float)
+    for name in ("member_hashes", "block_ids", "time_basis", "baseline_source", "evidence"):
         out[name] = out[name].astype(object)
     return out.sort_values(["minute", "pattern", "cluster_id"], kind="stable").reset_index(drop=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from btc_anomaly_assets.common.schema import SEVERITIES, severity_rank
+from btc_anomaly_assets.detection.priors import Priors, builtin_priors
 
 MODE_DEFAULT = "default"
 MODE_SEED_PARITY = "seed_parity"
@@ -24,6 +25,8 @@ TRANSFORM_LINEAR = "linear"
 TRANSFORM_LOG10 = "log10"
 DIRECTION_UP = "up"
 DIRECTION_BOTH = "both"
+SIMILAR_BASELINE_PATTERN = "pattern"
+SIMILAR_BASELINE_SIGNATURE = "signature"
 
 
 def _check_severity(value: str, what: str) -> None:
@@ -85,6 +88,12 @@ class MetricSpec:
     this needs only ``ratio_min_history`` past observations, so a huge outlier is seen during warm-up.
     ``ratio_denominator_floor``: the ratio's baseline is at least this (natural units), so a tiny
     previous block cannot make an ordinary one look like a 30x event.
+    ``ratio_thresholds``: per-metric cut-offs of the ratio rule (default ``EwmaConfig.ratio_thresholds``).
+    ``prior_range_margin`` (v2, metric units): while the prior still weighs in (short history), a
+    value above the largest real unit of the priors (``Level.high``) by this margin is medium, by
+    twice it high. The prior's spread across both real days is wide (median fee rates 0.3-4
+    sat/vB), so at cold start a z-score alone cannot tell 30 sat/vB from an ordinary day; being
+    2x above anything the real blocks showed can.
     ``counts_empty_minutes``: a minute without transactions is an observation of this metric (the
     arrival count: zero arrivals is news). Otherwise such a minute is not scored for it
     (``not_scored:no_transactions``): statistics are NULL there anyway, and a count of fee
@@ -102,6 +111,8 @@ class MetricSpec:
     ratio_min_history: int = 1
     ratio_denominator_floor: float = 0.0
     counts_empty_minutes: bool = False
+    ratio_thresholds: SeverityThresholds | None = None
+    prior_range_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.transform not in (TRANSFORM_LINEAR, TRANSFORM_LOG10):
@@ -126,17 +137,24 @@ class MetricSpec:
         return self.direction
 
 
+LOG10_2 = 0.30103
+
 DEFAULT_METRICS: tuple[MetricSpec, ...] = (
     # Counts are bounded by block space, so their spread is additive: linear scale.
     MetricSpec("tx_count", per_block=True, direction=DIRECTION_UP, first_seen_direction=DIRECTION_BOTH,
                min_scale=1.0, relative_min_scale=0.1, counts_empty_minutes=True),
     MetricSpec("total_value_btc", transform=TRANSFORM_LOG10, per_block=True, min_scale=0.1,
                ratio_rule=True, ratio_min_history=3, ratio_denominator_floor=500.0),
+    # The largest transaction of a real block is at most 2.6x the usual largest except for the real
+    # whales (10-103x: 3,021 / 4,960 / 19,6xx BTC), so its ratio cut-offs are 3 / 4 / 8 (v2); 4,
+    # not 5, because a recent whale lifts the (winsorised) baseline: 3,000 BTC two blocks after a
+    # 4,960 BTC one is 4.4x.
     MetricSpec("max_value_btc", transform=TRANSFORM_LOG10, min_scale=0.1,
-               ratio_rule=True, ratio_min_history=1, ratio_denominator_floor=50.0),
-    MetricSpec("median_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1),
-    MetricSpec("p90_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1),
-    MetricSpec("p99_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1),
+               ratio_rule=True, ratio_min_history=1, ratio_denominator_floor=50.0,
+               ratio_thresholds=SeverityThresholds(3.0, 4.0, 8.0)),
+    MetricSpec("median_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1, prior_range_margin=LOG10_2),
+    MetricSpec("p90_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1, prior_range_margin=LOG10_2),
+    MetricSpec("p99_fee_rate_sat_vb", transform=TRANSFORM_LOG10, min_scale=0.1, prior_range_margin=LOG10_2),
     # Transactions paying >= 20x the minute's median fee rate, per block (see aggregates_sql). A
     # percentile cannot see 200 such payers in a 5,000-transaction block (they are 4% of it, and
     # p99 naturally ranges 9-91x the median); their count can. Linear: the count is 1-102 per real
@@ -188,6 +206,9 @@ class EwmaConfig:
     seed_alpha: float = 0.3
     seed_z_threshold: float = 2.0
     seed_flag_severity: str = "medium"
+    # Detection v2: starting levels from the shipped priors table, blended with history until
+    # the warm-up length is reached (btc_anomaly_assets.detection.priors); None is v1 (warm-up).
+    priors: Priors | None = field(default_factory=builtin_priors)
 
     def __post_init__(self) -> None:
         _check_mode(self.mode, "EwmaConfig.mode")
@@ -207,6 +228,10 @@ class EwmaConfig:
             raise ValueError("EwmaConfig.winsor_k must be > 0")
         if not 0 < self.seed_alpha <= 1:
             raise ValueError("EwmaConfig.seed_alpha must be in (0, 1]")
+
+    def v1(self) -> EwmaConfig:
+        """The same settings without priors (v1: warm-up before a z-score may grade)."""
+        return replace(self, priors=None)
 
 
 # Cluster patterns (values of the ``pattern`` column).
@@ -315,6 +340,25 @@ class ClusterConfig:
       ``burst_count_ratio`` (8) times the usual count a group is at least medium, provided its
       share score is at least low: when all traffic surges, counts rise but shares do not, and
       that is a transaction-count anomaly, not a storm of one shape.
+
+    Detection v2 (``v1()`` returns the same config with all of it off):
+
+    - ``priors``: the shipped table (``priors.builtin_priors``); the members rule blends its share
+      and usual count with history (prior weight ``1 - n / burst_warmup_units``), so there is no
+      warm-up and from ``burst_warmup_units`` past units on it is exactly v1. Mass and largest-group
+      references trust history from ``prior_full_units_block`` (6 blocks) or
+      ``prior_full_units_first_seen`` (30 minutes) on.
+    - ``mass_scoring``: weight share, inputs, outputs and value of each shape group against the
+      real range's upper end (``mass.reference_high``), graded with ``mass_thresholds`` (1 / 1.5 /
+      3: at, 1.5x and 3x the largest real unit); a group needs ``mass_min_members`` (2) members to
+      be escalated by mass (one transaction is a label matter, not a storm). The real range's top
+      is the largest real unit or ``median + mass_tail_k (4) x spread``, whichever is larger. A consolidation or
+      batch group below ``burst_min_members`` is reported only when its mass is at least low.
+    - ``similar_baseline``: ``pattern`` scores a group of identical transactions against the
+      largest identical (non-dust) group per unit (prior 12 per block, at most 42 in the 31 real
+      blocks) with the same reference rule; ``signature`` is v1 (each signature's own history).
+      A signature present in at least ``known_service_unit_share`` of the past units is a known
+      service: it stays at most low unless it holds ``known_service_ratio`` x its usual count.
     """
 
     mode: str = MODE_DEFAULT
@@ -339,9 +383,24 @@ class ClusterConfig:
     seed_min_io: int = 10
     seed_min_flagged: int = 2
     seed_flag_severity: str = "medium"
+    # Detection v2 (see btc_anomaly_assets.detection.mass / similar / priors; ``v1()`` turns it off).
+    priors: Priors | None = field(default_factory=builtin_priors)
+    prior_full_units_block: int = 6
+    prior_full_units_first_seen: int = 30
+    mass_scoring: bool = True
+    mass_thresholds: SeverityThresholds = field(default_factory=lambda: SeverityThresholds(1.0, 1.5, 3.0))
+    mass_min_members: int = 2
+    mass_tail_k: float = 4.0
+    similar_baseline: str = SIMILAR_BASELINE_PATTERN
+    known_service_unit_share: float = 0.5
+    known_service_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         _check_mode(self.mode, "ClusterConfig.mode")
+        if self.similar_baseline not in (SIMILAR_BASELINE_PATTERN, SIMILAR_BASELINE_SIGNATURE):
+            raise ValueError(f"ClusterConfig.similar_baseline={self.similar_baseline!r} is not 'pattern' or 'signature'")
+        if self.prior_full_units_block < 1 or self.prior_full_units_first_seen < 1 or self.mass_min_members < 1:
+            raise ValueError("ClusterConfig: prior_full_units_* and mass_min_members must be >= 1")
         _check_severity(self.seed_flag_severity, "ClusterConfig.seed_flag_severity")
         _check_severity(self.dust_valued_burst_cap, "ClusterConfig.dust_valued_burst_cap")
         if self.similar_expected_floor <= 0:
@@ -360,8 +419,16 @@ class ClusterConfig:
         if self.dust_min_outputs < 1 or self.dust_mass_outputs < self.dust_min_outputs:
             raise ValueError("ClusterConfig: need 1 <= dust_min_outputs <= dust_mass_outputs")
 
-    def with_labels(self, labels: LabelSeverities) -> "ClusterConfig":
+    def with_labels(self, labels: LabelSeverities) -> ClusterConfig:
         return replace(self, labels=labels)
+
+    def v1(self) -> ClusterConfig:
+        """The same settings with detection v2 off: no priors, members only, per-signature bursts."""
+        return replace(self, priors=None, mass_scoring=False, similar_baseline=SIMILAR_BASELINE_SIGNATURE)
+
+    def full_units(self, basis: str | None) -> int:
+        """Past units after which history alone sets the baselines (the prior's weight is 0)."""
+        return self.prior_full_units_first_seen if basis == "first_seen" else self.prior_full_units_block
 
 
 def max_severity(*severities: str) -> str:

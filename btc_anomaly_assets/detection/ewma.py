@@ -42,9 +42,19 @@ Severity (the larger of two rules, the ``rule`` column says which fired):
 - robust z: 3 / 5 / 8 for low / medium / high, once ``block_warmup`` (6) past block-minutes or
   ``first_seen_warmup`` (30) past minutes exist. Only increases are graded, except the first-seen
   transaction count, where a drop in arrivals is graded too.
-- ratio (total value and largest transaction): value / baseline of 5 / 10 / 30 in natural units.
+- ratio (total value and largest transaction): value / baseline of 5 / 10 / 30 in natural units
+  (3 / 4 / 8 for the largest transaction, see ``DEFAULT_METRICS``).
   It needs a single past block for the largest transaction, so a 19,600 BTC transfer among blocks
   whose largest is ~300 BTC is high even during warm-up.
+
+Detection v2: priors
+--------------------
+With ``EwmaConfig.priors`` (the shipped table, ``detection.priors``), a metric with little or no
+history is not left in warm-up: baseline and scale blend the prior's starting level with the
+history's fit, the prior weighing ``1 - n / warmup`` for ``n`` past observations, and the row's
+``baseline_source`` says ``prior``, ``both`` or ``history``. Fee-rate metrics also grade values
+far above the largest real block while the prior weighs in (``MetricSpec.prior_range_margin``).
+``EwmaConfig().v1()`` is the same without priors.
 
 Seed-parity mode
 ----------------
@@ -78,6 +88,7 @@ from btc_anomaly_assets.detection.config import (
     MetricSpec,
     max_severity,
 )
+from btc_anomaly_assets.detection.priors import SOURCE_HISTORY, Level, blend, prior_weight, source_of
 
 DEFAULT_EWMA_CONFIG = EwmaConfig()
 # Minutes of minute aggregates before a window's start that the default mode reads.
@@ -253,24 +264,71 @@ def _default_rows(frame: pd.DataFrame, minutes: pd.DatetimeIndex, config: EwmaCo
         for minute, key, index, context in zip(minutes, keys, indices, contexts):
             row = _base_row(config.mode, spec.name, minute, context)
             reason = _not_scored_reason(frame, index, basis, observed, transformed)
+            prior = config.priors.metric(basis, spec.name) if config.priors is not None else None
             if reason is None:
                 history = _history(series, key, lookback_us)
-                if history.size == 0:
+                if history.size == 0 and prior is None:
                     reason = "no_history"
             if reason is not None:
                 row.update(value=_value_for_unscored(natural, transformed, index, spec), rule=f"not_scored:{reason}")
                 rows.append(row)
                 continue
-            fit = robust_ewma_baseline(
-                history,
-                alpha=alpha,
-                winsor_k=config.winsor_k,
-                min_scale=spec.min_scale,
-                relative_min_scale=spec.relative_min_scale,
-            )
-            row.update(_grade(spec, config, basis, float(natural[index]), float(transformed[index]), fit, warmup, unit))
+            fit = None
+            if history.size:
+                fit = robust_ewma_baseline(
+                    history,
+                    alpha=alpha,
+                    winsor_k=config.winsor_k,
+                    min_scale=spec.min_scale,
+                    relative_min_scale=spec.relative_min_scale,
+                )
+            fit, source = _with_prior(fit, prior, spec, warmup)
+            row.update(_grade(spec, config, basis, float(natural[index]), float(transformed[index]), fit, warmup, unit,
+                              prior is not None))
+            if prior is not None and source != SOURCE_HISTORY:
+                row.update(_prior_range(spec, float(transformed[index]), prior, row))
+            row["baseline_source"] = source
             rows.append(row)
     return rows
+
+
+def _with_prior(fit: RobustBaseline | None, prior: Level | None, spec: MetricSpec, warmup: int) -> tuple[RobustBaseline, str]:
+    """The history's fit blended with the prior's starting level: the prior's weight is
+    ``1 - n / warmup`` for ``n`` past observations (so from ``warmup`` on, history alone)."""
+    if prior is None:
+        return fit, SOURCE_HISTORY
+    count = fit.count if fit is not None else 0
+    weight = prior_weight(count, warmup)
+    baseline = blend(prior.median, fit.baseline if fit is not None else None, weight)
+    scale = blend(prior.scale, fit.scale if fit is not None else None, weight)
+    scale = max(scale, spec.min_scale, spec.relative_min_scale * abs(baseline))
+    return RobustBaseline(baseline=baseline, scale=scale, count=count), source_of(weight)
+
+
+def _prior_range(spec: MetricSpec, value: float, prior: Level, row: dict) -> dict:
+    """The v2 range rule (``MetricSpec.prior_range_margin``): may raise the row's severity."""
+    if spec.prior_range_margin is None:
+        return {}
+    excess = value - prior.high
+    severity = "high" if excess >= 2 * spec.prior_range_margin else "medium" if excess >= spec.prior_range_margin else "info"
+    if severity_rank(severity) <= severity_rank(row["severity"]):
+        return {}
+    return {"severity": severity,
+            "rule": f"beyond_prior_range:+{excess:.2f}_over_the_largest_real_unit({prior.high:.2f})"}
+
+
+def metric_observations(minute_aggregates: pd.DataFrame, config: EwmaConfig | None = None) -> dict[MetricSpec, np.ndarray]:
+    """Per metric, the values (metric units, oldest first) that count as observations of the
+    default mode: what the EWMA's history is made of (used to derive the priors)."""
+    config = config or DEFAULT_EWMA_CONFIG
+    frame = _prepare(minute_aggregates, config, pd.Timestamp.max.floor("min"))
+    basis = frame.attrs.get("time_basis")
+    observed = _observation_mask(frame, basis)
+    out = {}
+    for spec in config.metrics:
+        transformed = _transform(_metric_values(frame, spec, basis), spec)
+        out[spec] = transformed[observed & np.isfinite(transformed)]
+    return out
 
 
 def _history(series: _Series, minute_key: int, lookback_us: int) -> np.ndarray:
@@ -306,25 +364,28 @@ def _grade(
     fit: RobustBaseline,
     warmup: int,
     unit: str,
+    has_prior: bool = False,
 ) -> dict:
     deviation = value - fit.baseline
     z = deviation / fit.scale
     direction = spec.direction_for(basis)
     strength = z if direction == DIRECTION_UP else abs(z)
-    z_severity = config.z_thresholds.grade(strength) if fit.count >= warmup else "info"
+    warm = has_prior or fit.count >= warmup
+    z_severity = config.z_thresholds.grade(strength) if warm else "info"
     ratio_severity, ratio = "info", None
-    if spec.ratio_rule and fit.count >= spec.ratio_min_history:
+    ratio_thresholds = spec.ratio_thresholds or config.ratio_thresholds
+    if spec.ratio_rule and (has_prior or fit.count >= spec.ratio_min_history):
         denominator = max(_to_natural(fit.baseline, spec), spec.ratio_denominator_floor)
         ratio = natural_value / denominator
-        ratio_severity = config.ratio_thresholds.grade(ratio)
+        ratio_severity = ratio_thresholds.grade(ratio)
     severity = max_severity(z_severity, ratio_severity)
     if severity == "info":
-        rule = f"warmup:{fit.count}/{warmup}_past_{unit}" if fit.count < warmup else "below_thresholds"
+        rule = "below_thresholds" if warm else f"warmup:{fit.count}/{warmup}_past_{unit}"
     elif severity_rank(z_severity) >= severity_rank(ratio_severity):
         symbol = "z" if direction == DIRECTION_UP else "|z|"
         rule = f"robust_ewma:{symbol}>={config.z_thresholds.cutoff(z_severity):g}"
     else:
-        rule = f"ratio_to_baseline>={config.ratio_thresholds.cutoff(ratio_severity):g}x({ratio:.1f}x)"
+        rule = f"ratio_to_baseline>={ratio_thresholds.cutoff(ratio_severity):g}x({ratio:.1f}x)"
     return {
         "value": value,
         "baseline": fit.baseline,
@@ -415,6 +476,7 @@ def _base_row(mode: str, metric: str, minute: pd.Timestamp, context: dict) -> di
         "rule": "",
         "mode": mode,
         **context,
+        "baseline_source": None,
     }
 
 
@@ -426,4 +488,5 @@ def _to_output_frame(rows: list[dict]) -> pd.DataFrame:
     out["tx_count"] = out["tx_count"].astype(np.int64)
     out["block_ids"] = out["block_ids"].astype(object)
     out["time_basis"] = out["time_basis"].astype(object)
+    out["baseline_source"] = out["baseline_source"].astype(object)
     return out.sort_values(["minute", "metric"], kind="stable").reset_index(drop=True)
