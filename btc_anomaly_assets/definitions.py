@@ -34,7 +34,8 @@ def build_resources() -> dict:
         ),
         "lake": LakeResource(url=settings.lake_url()),
         "warehouse": WarehouseResource(path=settings.duckdb_path()),
-        "detection": DetectionSettings(mode=env("BTC_DETECTION_MODE"), label_preset=env("BTC_CLUSTER_SEVERITY_PRESET")),
+        "detection": DetectionSettings(mode=env("BTC_DETECTION_MODE"), label_preset=env("BTC_CLUSTER_SEVERITY_PRESET"),
+                                       priors=env("BTC_DETECTION_PRIORS")),
         "explainer": ExplainerResource(
             api_key=env("ANTHROPIC_API_KEY"),
             model=env("BTC_CLAUDE_MODEL"),

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from btc_anomaly_assets.cli.main import main
-from btc_anomaly_assets.common.config_checks import VALUE_CHECKS, ConfigError, configuration_problems
+from btc_anomaly_assets.cli.config_checks import VALUE_CHECKS, ConfigError, configuration_problems
 from btc_anomaly_assets.common.settings import SETTINGS
 from btc_anomaly_assets_tests.small_warehouse import build_small_warehouse
 

@@ -9,7 +9,7 @@ import warnings
 from datetime import datetime, timedelta
 
 from btc_anomaly_assets.common import settings
-from btc_anomaly_assets.common.config_checks import ConfigError, ConfigProblem, check_configuration
+from btc_anomaly_assets.cli.config_checks import ConfigError, ConfigProblem, check_configuration
 from btc_anomaly_assets.instance.dagster_yaml import prepare_dagster_home
 
 SAMPLE_START = "2025-08-13-00:00"

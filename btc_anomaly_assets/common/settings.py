@@ -36,6 +36,7 @@ SETTINGS: list[Setting] = [
     Setting("SPARK_MASTER", "local[*]", "Classic Spark master when `SPARK_REMOTE` is unset: `local[*]`, `spark://host:7077`, `yarn`, `k8s://…`"),
     Setting("SPARK_DRIVER_MEMORY", "512m", "Driver heap of a classic Spark session (local or client mode); a day of minutes needs well under 512m"),
     Setting("BTC_DETECTION_MODE", "default", "`default` (time-basis aware, causal, robust) or `seed_parity` (the tutorial's exact rules)"),
+    Setting("BTC_DETECTION_PRIORS", "builtin", "Detection baselines at cold start: `builtin` (the shipped table from 31 real blocks), `none` (detection v1) or a path to a priors JSON"),
     Setting("BTC_CLUSTER_SEVERITY_PRESET", "default", "CoinJoin / dust label severities: `default`, `compliance` (mixing = medium) or `privacy_research` (mixing = info)"),
     Setting("ANTHROPIC_API_KEY", None, "Anthropic API key; without it explanations come from the labelled rule-based explainer (secret)", secret=True),
     Setting("BTC_CLAUDE_MODEL", "claude-haiku-4-5", "Claude model id for explanations; checked against the API at start-up"),

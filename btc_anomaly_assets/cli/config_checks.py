@@ -92,6 +92,12 @@ def _memory(name: str, value: str) -> str | None:
     return f"{name}={value!r} is not a JVM memory size; expected e.g. 512m or 2g"
 
 
+def _priors(name: str, value: str) -> str | None:
+    if value in ("builtin", "none") or Path(value).expanduser().is_file():
+        return None
+    return f"{name}={value!r} is not builtin, none or an existing priors JSON file"
+
+
 def _sources() -> tuple[str, ...]:
     from btc_anomaly_assets.ingest.resources import SOURCES
 
@@ -120,6 +126,7 @@ VALUE_CHECKS: dict[str, Callable[[str, str], str | None]] = {
     "SPARK_MASTER": _spark_master,
     "SPARK_DRIVER_MEMORY": _memory,
     "BTC_DETECTION_MODE": _one_of(_detection_modes, "a detection mode"),
+    "BTC_DETECTION_PRIORS": _priors,
     "BTC_CLUSTER_SEVERITY_PRESET": _one_of(_label_presets, "a cluster severity preset"),
     "BTC_CLAUDE_BASE_URL": _http_url,
     "BTC_EXPLAIN_MIN_SEVERITY": _one_of(SEVERITIES, "a severity"),
