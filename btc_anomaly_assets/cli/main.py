@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from datetime import datetime, timezone
 
@@ -23,13 +22,10 @@ def _parse_minute(value: str) -> str:
     return value
 
 
-def run_range(start_key: str, end_key: str) -> int:
+def run_range(start_key: str, end_key: str, title: str = "btc-anomaly backfill") -> int:
     """Materialize the whole graph over [start, end) as one single run; returns a process exit code."""
     home = prepare_dagster_home()
-    import dagster as dg
-
     from btc_anomaly_assets.common.partitions import minute_partitions
-    from btc_anomaly_assets.definitions import defs, pipeline_job
 
     last_key = minute_partitions.get_partition_key_for_timestamp(
         datetime.strptime(end_key, settings.DATE_FMT).replace(tzinfo=timezone.utc).timestamp() - 60
@@ -40,24 +36,22 @@ def run_range(start_key: str, end_key: str) -> int:
               "(set BTC_PARTITIONS_START / BTC_PARTITIONS_END)", file=sys.stderr)
         return 2
     print(f"Materializing btc/* for [{start_key}, {end_key}) UTC as one run (source: {settings.env_value('BTC_SOURCE')})")
-    began = time.monotonic()
-    job = defs.resolve_job_def(pipeline_job.name)
-    result = job.execute_in_process(
-        instance=dg.DagsterInstance.get(),
-        tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key},
-        raise_on_error=False,
-        run_config=_quiet_logs(),
-    )
-    elapsed = time.monotonic() - began
-    if result.success:
-        deliver_alerts(defs, dg.DagsterInstance.get())
-    from btc_anomaly_assets.cli.main.summary import print_summary
+    from btc_anomaly_assets.cli.launch import LaunchError, launch_range, ui_command
+
+    try:
+        result = launch_range(start_key, last_key, title)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from btc_anomaly_assets.cli.summary import print_summary
 
     print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT))
+    for note in result.notes:
+        print(note)
     status = "succeeded" if result.success else "FAILED"
-    print(f"\nRun {result.run_id} {status} in {elapsed:.1f} s.")
-    print("Open it in the Dagster UI (same instance, same data):")
-    print(f"  BTC_DATA_DIR={settings.data_dir()} DAGSTER_HOME={home} dagster dev -w workspace.yaml")
+    print(f"\nBackfill {result.backfill_id} ({result.status.lower()}), run {result.run_id} {status} in {result.elapsed:.1f} s.")
+    print("Open it in the Dagster UI (same instance, same data; Runs → Backfills lists it):")
+    print(f"  {ui_command(home)}")
     return 0 if result.success else 1
 
 
@@ -114,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         if settings.env_value("BTC_SOURCE") != "sample":
             print(f"note: BTC_SOURCE={settings.env_value('BTC_SOURCE')}; the demo range is the bundled sample's hours")
-        return run_range(SAMPLE_START, SAMPLE_END)
+        return run_range(SAMPLE_START, SAMPLE_END, "btc-anomaly demo")
     if args.command == "backfill":
-        return run_range(args.start, args.end)
+        return run_range(args.start, args.end, f"btc-anomaly backfill {args.start} {args.end}")
     if args.command == "config":
         print(settings.config_table(with_current=True))
         return 0
