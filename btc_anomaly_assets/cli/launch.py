@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,8 +37,6 @@ from btc_anomaly_assets.common import settings
 
 LOCATION = "btc_anomaly_assets"  # as in workspace.yaml and [tool.dagster]
 REPOSITORY = "__repository__"  # Dagster's name for the repository of a Definitions object
-GRAPH = ("raw_transactions", "minute_aggregates", "ewma_anomalies", "coordinated_clusters", "anomaly_explanations",
-         "transaction_forecast")
 ALERT_SENSOR, ALERT_JOB = "anomaly_alert_sensor", "send_anomaly_alert"
 SERVER_START_SECONDS = 180
 BACKFILL_SECONDS = 3600
@@ -123,7 +122,10 @@ def serves_instance(base: str, home: Path) -> bool:
         info = graphql(base, "{ instance { info } }", timeout=5)["instance"]["info"] or ""
     except (urllib.error.URLError, OSError, LaunchError, ValueError, KeyError):
         return False
-    return f"base_dir: {home}\n" in info
+    # The instance's home is its local artifact storage's base_dir (the other storages live below it).
+    artifacts = info.split("local_artifact_storage:", 1)
+    found = re.search(r"base_dir:\s*(\S+)", artifacts[1]) if len(artifacts) == 2 else None
+    return bool(found) and Path(found.group(1)).resolve() == Path(home).resolve()
 
 
 def location_loaded(base: str) -> bool:
@@ -197,10 +199,12 @@ def stop_dagster_dev(server: OwnedServer) -> None:
 
 def backfill_params(start_key: str, last_key: str, title: str, description: str) -> dict:
     """Every asset of the graph over [start_key, last_key] (inclusive keys), as the UI would send it."""
+    from btc_anomaly_assets.definitions import ALL_ASSETS
+
     return {
         "partitionsByAssets": [
-            {"assetKey": {"path": ["btc", name]}, "partitions": {"range": {"start": start_key, "end": last_key}}}
-            for name in GRAPH
+            {"assetKey": {"path": list(asset.key.path)}, "partitions": {"range": {"start": start_key, "end": last_key}}}
+            for asset in ALL_ASSETS
         ],
         "title": title,
         "description": description,
@@ -257,12 +261,12 @@ def wait_for_alerts(base: str, after: float) -> str | None:
     return f"alerts: still pending after {ALERT_WAIT_SECONDS} s; the alert sensor delivers them on a later tick"
 
 
-def check_notes(run_id: str) -> list[str]:
+def check_notes(run_id: str, instance=None) -> list[str]:
     """Each check of the run that did not pass, with its description, and why when the warning is expected."""
     import dagster as dg
 
     notes = []
-    for record in dg.DagsterInstance.get().all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+    for record in (instance or dg.DagsterInstance.get()).all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
         evaluation = record.dagster_event.event_specific_data
         if evaluation.passed:
             continue
@@ -274,13 +278,15 @@ def check_notes(run_id: str) -> list[str]:
     return notes
 
 
-def failure_notes(run_id: str) -> list[str]:
+def failure_notes(run_id: str, instance=None) -> list[str]:
     """The first line of each failed step's error, from the run's own events."""
     import dagster as dg
 
     notes = []
-    for record in dg.DagsterInstance.get().all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+    for record in (instance or dg.DagsterInstance.get()).all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         error = record.dagster_event.step_failure_data.error
+        while error is not None and error.cause is not None:  # Dagster wraps the asset's own error
+            error = error.cause
         message = (error.message if error else record.message or "").strip().splitlines()
         notes.append(f"step {record.step_key} failed: {message[0] if message else '(no message)'}")
     return notes
