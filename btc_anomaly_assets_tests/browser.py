@@ -120,9 +120,13 @@ class DevTools:
         )
         await self.click_at(box["x"], box["y"])
 
-    async def screenshot(self, path: Path) -> bytes:
-        """Write a PNG of the whole page to ``path`` and return its bytes."""
-        shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    async def screenshot(self, path: Path, whole_page: bool = True) -> bytes:
+        """Write a PNG of the whole page (or only the viewport) to ``path`` and return its bytes.
+
+        Dagster's virtualized tables (catalog, backfills) paint no rows when the capture reaches
+        beyond the viewport; take those with ``whole_page=False``.
+        """
+        shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=whole_page)
         data = base64.b64decode(shot["data"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

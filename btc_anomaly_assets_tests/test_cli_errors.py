@@ -124,7 +124,8 @@ def test_a_failed_run_reports_itself_and_nothing_of_earlier_runs(tmp_path):
     dumps.mkdir()
     with gzip.open(dumps / "blockchair_bitcoin_transactions_20250813.tsv.gz", "wt") as broken:
         broken.write("not\ta\tblockchair\tdump\n")
-    done = _cli({"BTC_DATA_DIR": str(data), "BTC_SOURCE": "blockchair-dump", "BTC_DUMP_DIR": str(dumps)}, "demo")
+    done = _cli({"BTC_DATA_DIR": str(data), "BTC_SOURCE": "blockchair-dump", "BTC_DUMP_DIR": str(dumps),
+                 "BTC_RUN_MODE": "in-process"}, "demo")  # the backfill path's failure notes: test_cli_launch.py
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     assert "step btc__raw_transactions failed: DumpFormatError:" in out and "header lacks column(s)" in out

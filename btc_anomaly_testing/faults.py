@@ -99,7 +99,9 @@ class Scenario:
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         ours = {s.name for s in SETTINGS}
         env = {k: v for k, v in os.environ.items() if k not in ours and k != "DAGSTER_HOME"}
-        env.update({"BTC_DATA_DIR": str(self.data_dir), "BTC_LOG_LEVEL": "INFO", **self.env, **(extra or {})})
+        # In-process runs: a SIGKILL then kills the run itself, as a crash would (a backfill's run lives in the daemon).
+        env.update({"BTC_DATA_DIR": str(self.data_dir), "BTC_LOG_LEVEL": "INFO", "BTC_RUN_MODE": "in-process",
+                    **self.env, **(extra or {})})
         return env
 
     def command(self, start: str | None = None, end: str | None = None) -> list[str]:

@@ -138,6 +138,7 @@ VALUE_CHECKS: dict[str, Callable[[str, str], str | None]] = {
     "BTC_ALERT_IN_RUN": _on_off,
     "BTC_DAGSTER_UI_URL": _http_url,
     "BTC_LIVE": _on_off,
+    "BTC_RUN_MODE": _one_of(("backfill", "in-process"), "a run mode"),
     "BTC_LOG_LEVEL": lambda name, value: _LOG_LEVEL(name, value.upper()),
 }
 

@@ -55,27 +55,15 @@ def add_minute_metadata(context: dg.AssetExecutionContext, start: datetime, end:
 
 
 def add_partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict]) -> None:
-    """``context.add_asset_metadata(..., partition_key=k)`` for every k of the run, in one step.
+    """``context.add_asset_metadata(metadata, partition_key=k)`` for every partition k given.
 
-    The public call checks each key by listing every key of the run's range, which is quadratic:
-    1,440 calls took 12 s for a day's backfill. The keys given here come from the run's own window,
-    so they are added to the step's metadata in one go. Should Dagster's internals change, this falls
-    back to the public call (correct, slower for long ranges) and says so in the run's log.
+    The UI's per-partition plots read each partition's latest materialization, so the numbers go on
+    that materialization (an ``AssetObservation`` would be listed, not plotted by partition). Dagster
+    checks each key against the run's whole range, so a day's backfill (1,440 keys) costs a few
+    seconds per asset; that is the price of the public API.
     """
-    try:
-        from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
-
-        step = context.op_execution_context._step_execution_context
-        merged = dict(step._metadata_accumulator.per_output_metadata)
-    except (ImportError, AttributeError) as exc:
-        context.log.warning(f"per-partition metadata through the public API (slow for long ranges): {exc!r}")
-        for partition_key, metadata in by_partition.items():
-            context.add_asset_metadata(metadata, partition_key=partition_key)
-        return
     for partition_key, metadata in by_partition.items():
-        handle = AssetMetadataHandle(asset_key=context.asset_key, partition_key=partition_key)
-        merged[handle] = {**merged.get(handle, {}), **metadata}
-    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)
+        context.add_asset_metadata(metadata, partition_key=partition_key)
 
 
 def count_by_minute(frame: pd.DataFrame, column: str, values, prefix: str) -> pd.DataFrame:

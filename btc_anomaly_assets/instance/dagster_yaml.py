@@ -35,6 +35,9 @@ concurrency:
     max_concurrent_runs: 4
 run_queue:
   dequeue_interval_seconds: 1   # default 5: each live minute's run and each alert run waited ~2.5 s more
+# The UI's "Join the Dagster community" dialog would cover the first page a new user opens.
+nux:
+  enabled: false
 """
 
 
