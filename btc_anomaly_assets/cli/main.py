@@ -10,6 +10,7 @@ import warnings
 from datetime import datetime, timezone
 
 from btc_anomaly_assets.common import settings
+from btc_anomaly_assets.instance import recovery
 from btc_anomaly_assets.instance.dagster_yaml import prepare_dagster_home
 
 SAMPLE_START = "2025-08-13-00:00"
@@ -28,6 +29,8 @@ def run_range(start_key: str, end_key: str) -> int:
     home = prepare_dagster_home()
     import dagster as dg
 
+    recovery.recover_dead_runs(dg.DagsterInstance.get())  # runs a killed btc-anomaly left STARTED
+
     from btc_anomaly_assets.common.partitions import minute_partitions
     from btc_anomaly_assets.definitions import defs, pipeline_job
 
@@ -42,16 +45,18 @@ def run_range(start_key: str, end_key: str) -> int:
     print(f"Materializing btc/* for [{start_key}, {end_key}) UTC as one run (source: {settings.env_value('BTC_SOURCE')})")
     began = time.monotonic()
     job = defs.resolve_job_def(pipeline_job.name)
-    result = job.execute_in_process(
-        instance=dg.DagsterInstance.get(),
-        tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key},
-        raise_on_error=False,
-        run_config=_quiet_logs(),
-    )
+    with recovery.report_pool_waits():
+        result = job.execute_in_process(
+            instance=dg.DagsterInstance.get(),
+            tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key,
+                  **recovery.launch_tags()},
+            raise_on_error=False,
+            run_config=_quiet_logs(),
+        )
     elapsed = time.monotonic() - began
     if result.success:
         deliver_alerts(defs, dg.DagsterInstance.get())
-    from btc_anomaly_assets.cli.main.summary import print_summary
+    from btc_anomaly_assets.cli.summary import print_summary
 
     print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT))
     status = "succeeded" if result.success else "FAILED"
@@ -80,8 +85,8 @@ def deliver_alerts(defs, instance) -> None:
     result = anomaly_alert_sensor(context)
     job = defs.resolve_job_def("send_anomaly_alert")
     for request in result.run_requests or []:
-        job.execute_in_process(instance=instance, run_config={**request.run_config, **_quiet_logs()}, tags=request.tags,
-                               raise_on_error=False)
+        job.execute_in_process(instance=instance, run_config={**request.run_config, **_quiet_logs()},
+                               tags={**request.tags, **recovery.launch_tags()}, raise_on_error=False)
 
 
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
