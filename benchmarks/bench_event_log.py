@@ -6,9 +6,11 @@ log's) over N minutes as ONE run, on each ``dagster.yaml`` the CLI can write:
 - ``sqlite``: the stock SQLite storage (``storage: sqlite``), with Dagster's event batching on;
 - ``sqlite-batched``: the same plus the project's batched SQLite event log
   (``btc_anomaly_assets.instance.sqlite_batched``), if this Dagster version still has it;
-- ``postgres``: ``dagster-postgres`` on a throwaway PostgreSQL server (btc_anomaly_testing).
+- ``postgres``: the CLI's PostgreSQL yaml (dagster-postgres, pooled event log) on a throwaway
+  PostgreSQL server (btc_anomaly_testing);
+- ``postgres-nullpool``: the same with dagster-postgres' stock event log (a connection per event).
 
-    python benchmarks/bench_event_log.py [--minutes 1440] [--assets 3] [--repeat 3]
+    python benchmarks/bench_event_log.py [--minutes 1440] [--assets 3] [--repeat 3] [--only sqlite-batched,postgres]
 
 Prints each storage's median wall time, events recorded and ms per partition-asset.
 """
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=1440)
     parser.add_argument("--assets", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated storages to time (default: all)")
     args = parser.parse_args()
     assets, partitions = _assets(args.minutes, args.assets)
     batching = {"DAGSTER_EVENT_BATCH_SIZE": dagster_yaml.EVENT_BATCH_SIZE}
@@ -83,24 +86,29 @@ def main() -> None:
         storages = {"sqlite": (dagster_yaml.dagster_yaml("{home}", sqlite_store="stock"), batching)}
         if dagster_yaml.batched_sqlite_available():
             storages["sqlite-batched"] = (dagster_yaml.dagster_yaml("{home}", sqlite_store="batched"), batching)
-        storages["postgres"] = (dagster_yaml.dagster_yaml("{home}", postgres=True), batching)
+        pg_text = dagster_yaml.dagster_yaml("{home}", postgres=True)
+        storages["postgres"] = (pg_text, batching)
+        storages["postgres-nullpool"] = (pg_text.replace("btc_anomaly_assets.instance.postgres_storage", "dagster_postgres")
+                                         .replace("PooledPostgresEventLogStorage", "PostgresEventLogStorage"), batching)
+        if args.only:
+            storages = {k: v for k, v in storages.items() if k in args.only.split(",")}
         results: dict[str, list[float]] = {name: [] for name in storages}
         events = {}
         for _ in range(args.repeat):  # interleaved, so machine noise hits every storage alike
             for name, (text, env) in storages.items():
                 run_env = dict(env)
-                if name == "postgres":
+                if name.startswith("postgres"):
                     run_env["BTC_DAGSTER_PG_URL"] = pg.new_database("bench")
                 seconds, events[name] = _one_run(text, assets, partitions, run_env)
                 print(f"  ({name}: {seconds:.2f} s)", flush=True)
                 results[name].append(seconds)
     cells = args.minutes * args.assets
     print(f"{args.minutes} minutes x {args.assets} assets as one run ({cells:,} partition-assets), median of {args.repeat}:")
-    base = statistics.median(results["sqlite"])
+    base = statistics.median(next(iter(results.values())))
     for name, times in results.items():
         median = statistics.median(times)
         print(f"  {name:15s} {median:7.2f} s  {events[name]:6,} events  {1000 * median / cells:6.2f} ms/partition-asset"
-              f"  {median / base:5.2f}x stock sqlite   (runs: {', '.join(f'{t:.2f}' for t in times)})")
+              f"  {median / base:5.2f}x the first   (runs: {', '.join(f'{t:.2f}' for t in times)})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -29,9 +31,19 @@ DAEMON_TICK_TIMEOUT_SECONDS = 240
 SENSOR = "anomaly_alert_sensor"
 
 
-def _instance(env: dict[str, str]) -> dg.DagsterInstance:
-    os.environ["BTC_DAGSTER_PG_URL"] = env["BTC_DAGSTER_PG_URL"]  # the yaml reads it from the environment
-    return dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+@contextmanager
+def _instance(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
+    """The instance a CLI process used; the yaml reads the URL from this process's environment meanwhile."""
+    previous = os.environ.get("BTC_DAGSTER_PG_URL")
+    os.environ["BTC_DAGSTER_PG_URL"] = env["BTC_DAGSTER_PG_URL"]
+    try:
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            yield instance
+    finally:
+        if previous is None:
+            os.environ.pop("BTC_DAGSTER_PG_URL", None)
+        else:
+            os.environ["BTC_DAGSTER_PG_URL"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +54,7 @@ def pg_demo(tmp_path_factory, postgres_server):
     code, output = run_cli(["demo"], env, tmp_path / "demo.log", timeout=CLI_TIMEOUT_SECONDS)
     print(f"\nbtc-anomaly demo on PostgreSQL: exit {code} in {time.monotonic() - began:.1f} s")
     assert code == 0, tail(output)
-    previous = os.environ.get("BTC_DAGSTER_PG_URL")
-    yield {"env": env, "output": output, "tmp_path": tmp_path}
-    if previous is None:
-        os.environ.pop("BTC_DAGSTER_PG_URL", None)
-    else:
-        os.environ["BTC_DAGSTER_PG_URL"] = previous
+    return {"env": env, "output": output, "tmp_path": tmp_path}
 
 
 def test_demo_on_postgres_writes_the_postgres_yaml_without_the_secret(pg_demo):

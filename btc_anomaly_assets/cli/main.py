@@ -29,7 +29,7 @@ def run_range(start_key: str, end_key: str) -> int:
     home = prepare_dagster_home()
     import dagster as dg
 
-    recovery.recover_dead_runs(dg.DagsterInstance.get())  # runs a killed btc-anomaly left STARTED
+    recovery.recover_dead_runs()  # fail the runs a killed btc-anomaly left STARTED, free their pool slots
 
     from btc_anomaly_assets.common.partitions import minute_partitions
     from btc_anomaly_assets.definitions import defs, pipeline_job

@@ -91,8 +91,14 @@ def _slots_held(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
     return held
 
 
-def recover_dead_runs(instance: dg.DagsterInstance, print_fn: Callable[[str], None] = print) -> list[str]:
-    """Fail the runs a dead btc-anomaly process left active and free their pool slots; returns their ids."""
+def recover_dead_runs(instance: dg.DagsterInstance | None = None, print_fn: Callable[[str], None] = print) -> list[str]:
+    """Fail the runs a dead btc-anomaly process left active and free their pool slots; returns their ids.
+
+    Without ``instance``, opens (and closes) the one DAGSTER_HOME points at.
+    """
+    if instance is None:
+        with dg.DagsterInstance.get() as opened:
+            return recover_dead_runs(opened, print_fn)
     recovered = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_ACTIVE), limit=1000):
         run = record.dagster_run
