@@ -8,7 +8,7 @@ clone. Every file the suite reads lives in the repository (`btc_anomaly_testing/
 import os
 import sys
 
-pytest_plugins = ["btc_anomaly_assets_tests.conftest_spark"]
+pytest_plugins = ["btc_anomaly_assets_tests.conftest_spark", "btc_anomaly_assets_tests.conftest_postgres"]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUTSIDE_SHARED = os.path.join(os.path.dirname(_REPO), "shared") + os.sep

@@ -14,7 +14,9 @@ and every table must hold each row once, and one alert tick (the CLI's ``deliver
 third process, posting to a loopback Slack webhook) must deliver every medium+ item exactly once
 even though the sensor sees the minute twice (B's single alerts and A's digest).
 
-Each process starts its own Spark JVM (``local[1]``); that is most of the test's time.
+Each process starts its own Spark JVM (``local[1]``); that is most of the test's time. The whole
+module runs twice: on the SQLite instance and on Dagster-on-PostgreSQL (``BTC_DAGSTER_PG_URL``, a
+real server the session starts), where neither process may log a lock failure.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ ALERT_TICK = textwrap.dedent("""
 """)
 
 
-def _prepare_dagster_home(home: Path) -> None:
+def _prepare_dagster_home(home: Path, postgres: bool = False) -> None:
     """The CLI's dagster.yaml, and the instance's SQLite storage created once, up front.
 
     Two processes creating a fresh SQLite instance at the same moment can both stamp its
@@ -89,15 +91,19 @@ def _prepare_dagster_home(home: Path) -> None:
     import dagster as dg
 
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text(dagster_yaml(home))
+    (home / "dagster.yaml").write_text(dagster_yaml(home, postgres=postgres))
     with dg.DagsterInstance.from_config(str(home)):
         pass
 
 
-def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+def _environment(tmp_path: Path, pg_url: str | None = None, **extra: str) -> dict[str, str]:
     home = tmp_path / "dagster_home"
-    _prepare_dagster_home(home)
+    if pg_url:
+        os.environ["BTC_DAGSTER_PG_URL"] = pg_url  # the yaml names the variable; this process reads the instance too
+    _prepare_dagster_home(home, postgres=bool(pg_url))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BTC_", "SLACK_", "SPARK_", "BLOCKCHAIR_", "ANTHROPIC_"))}
+    if pg_url:
+        env["BTC_DAGSTER_PG_URL"] = pg_url
     env.update(
         DAGSTER_HOME=str(home),
         BTC_DATA_DIR=str(tmp_path / "data"),
@@ -149,14 +155,16 @@ def _step_timeline(home: str) -> str:
     return "\n".join(f"  {who:9s} {step:32s} {s - first:6.1f} .. {e - first:6.1f} s" for s, e, who, step in sorted(rows))
 
 
-@pytest.fixture(scope="module")
-def concurrent_runs(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("concurrency")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def concurrent_runs(request, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp(f"concurrency_{request.param}")
     logs = {name: tmp_path / f"{name}.log" for name in ("backfill", "live", "alerts")}
+    pg_url = request.getfixturevalue("postgres_server").new_database("concurrency") if request.param == "postgres" else None
+    previous_url = os.environ.get("BTC_DAGSTER_PG_URL")
     # Every process posts to the same loopback Slack: the live minute sends its EWMA alerts from
     # inside its run (BTC_ALERT_IN_RUN), the alert tick sends the rest.
     with FakeSlack() as slack:
-        env = _environment(tmp_path, SLACK_WEBHOOK_URL=slack.webhook_url)
+        env = _environment(tmp_path, pg_url=pg_url, SLACK_WEBHOOK_URL=slack.webhook_url)
         began = time.monotonic()
         backfill = _start(RUN_PIPELINE, [json.dumps(BACKFILL_TAGS), ""], env, logs["backfill"])
         live = _start(RUN_PIPELINE, [json.dumps(LIVE_TAGS), "backfill"], env, logs["live"])
@@ -174,7 +182,17 @@ def concurrent_runs(tmp_path_factory):
         received = list(slack.received)
     data_dir = Path(env["BTC_DATA_DIR"])
     yield {"wh": Warehouse(str(data_dir / "warehouse.duckdb")), "lake": raw_path(str(data_dir / "lake")),
-           "slack": received}
+           "slack": received, "logs": {name: log.read_text(errors="replace") for name, log in logs.items()},
+           "storage": request.param}
+    if previous_url is None:
+        os.environ.pop("BTC_DAGSTER_PG_URL", None)
+    else:
+        os.environ["BTC_DAGSTER_PG_URL"] = previous_url
+
+
+def test_no_process_hit_a_storage_lock_failure(concurrent_runs):
+    for name, text in concurrent_runs["logs"].items():
+        assert "database is locked" not in text and "deadlock detected" not in text, (concurrent_runs["storage"], name)
 
 
 def test_the_lake_holds_every_sample_transaction_once(concurrent_runs):

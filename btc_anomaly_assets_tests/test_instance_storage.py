@@ -1,5 +1,8 @@
 """The batched SQLite event log stores exactly what the stock one stores, in far fewer transactions.
 
+It is the one module on Dagster's private API, so it is pinned: the first test fails on any Dagster
+version other than the one these equivalence tests last passed on.
+
 The same single-run range materializations (a success and a failure, with checks) run on two
 instances: the stock ``dagster.yaml`` and the one ``btc-anomaly`` writes. Everything Dagster reads
 back - materializations per partition, planned events, failed partitions, the asset record, the
@@ -9,12 +12,12 @@ check history and the run's log - must be identical.
 from datetime import datetime
 from pathlib import Path
 
+import dagster
 import dagster as dg
 import pytest
-from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
-from btc_anomaly_assets.instance.event_log import BatchedSqliteEventLogStorage
+from btc_anomaly_assets.instance.dagster_yaml import batched_sqlite_available, dagster_yaml
+from btc_anomaly_assets.instance.event_log import TESTED_DAGSTER_VERSION, BatchedSqliteEventLogStorage
 
 MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
                                             start=datetime(2025, 8, 13), end=datetime(2025, 8, 13, 2))
@@ -39,7 +42,7 @@ def failing() -> None:
 
 def _instance(home: Path, batched: bool) -> dg.DagsterInstance:
     home.mkdir()
-    (home / "dagster.yaml").write_text(dagster_yaml(home) if batched else "telemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(dagster_yaml(home, postgres=False, sqlite_store="batched" if batched else "stock"))
     return dg.DagsterInstance.from_config(str(home))
 
 
@@ -57,7 +60,7 @@ def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
     materializations = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=KEY), limit=1000, ascending=True)
     planned = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
                                                                asset_key=KEY), limit=1000, ascending=True)
-    failing_status = get_and_update_asset_status_cache_value(instance, dg.AssetKey(["btc", "failing"]), MINUTES)
+    failing_status = instance.get_status_by_partition(dg.AssetKey(["btc", "failing"]), MINUTES.get_partition_keys(), MINUTES)
     [record] = instance.get_asset_records([KEY])
     checks = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(KEY, "rows_positive"), limit=100)
     return {
@@ -66,13 +69,22 @@ def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
         "materialized_partitions": sorted(instance.get_materialized_partitions(KEY)),
         "planned": [(position[r.run_id], r.partition_key) for r in planned],
         # what the UI's partition health bar shows for the failed run
-        "failed_partitions": sorted(failing_status.deserialize_failed_partition_subsets(MINUTES).get_partition_keys()),
+        "failed_partitions": sorted(k for k, status in failing_status.items() if status == dg.AssetPartitionStatus.FAILED),
         "last_materialization": (record.asset_entry.last_materialization_record.partition_key,
                                  position[record.asset_entry.last_run_id]),
         "checks": sorted((position[c.run_id], c.partition or "", c.status.value) for c in checks),
         "log_kinds": [[e.dagster_event_type.value if e.dagster_event else "log" for e in instance.all_logs(run_id)]
                       for run_id in run_ids],
     }
+
+
+def test_the_batched_store_was_checked_against_the_installed_dagster():
+    assert dagster.__version__ == TESTED_DAGSTER_VERSION, (
+        f"Dagster is now {dagster.__version__}; btc_anomaly_assets/instance/event_log.py subclasses its private "
+        f"SQLite event log and was checked on {TESTED_DAGSTER_VERSION}. Until this is settled, new dagster.yaml files "
+        "get the stock SQLite storage. Run this file; if the equivalence tests pass, bump TESTED_DAGSTER_VERSION, "
+        "else fix or drop the module (see docs-notes/issue17.md for what it buys)")
+    assert batched_sqlite_available()
 
 
 def test_batched_storage_reads_back_exactly_like_the_stock_storage(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from btc_anomaly_assets.common import settings
 from btc_anomaly_assets.cli.config_checks import ConfigError, ConfigProblem, check_configuration
+from btc_anomaly_assets.instance import recovery
 from btc_anomaly_assets.instance.dagster_yaml import prepare_dagster_home
 
 SAMPLE_START = "2025-08-13-00:00"
@@ -58,6 +59,7 @@ def run_range(start_key: str, end_key: str, title: str = "btc-anomaly backfill")
     prints what failed and where its log is, and nothing from any earlier run.
     """
     home = prepare_dagster_home()
+    recovery.recover_dead_runs()  # fail the runs a killed btc-anomaly left STARTED, free their pool slots
     last_key = (datetime.strptime(end_key, settings.DATE_FMT) - timedelta(minutes=1)).strftime(settings.DATE_FMT)
     print(f"Materializing btc/* for [{start_key}, {end_key}) UTC as one run (source: {settings.env_value('BTC_SOURCE')}, "
           f"BTC_RUN_MODE={settings.env_value('BTC_RUN_MODE')})")
@@ -102,12 +104,14 @@ def _run_in_process(start_key: str, last_key: str) -> tuple[bool, str, float, li
 
     began = time.monotonic()
     job = defs.resolve_job_def(pipeline_job.name)
-    result = job.execute_in_process(
-        instance=dg.DagsterInstance.get(),
-        tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key},
-        raise_on_error=False,
-        run_config=_quiet_logs(),
-    )
+    with recovery.report_pool_waits():
+        result = job.execute_in_process(
+            instance=dg.DagsterInstance.get(),
+            tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key,
+                  **recovery.launch_tags()},
+            raise_on_error=False,
+            run_config=_quiet_logs(),
+        )
     elapsed = time.monotonic() - began
     if not result.success:
         return False, result.run_id, elapsed, failure_lines(result), f"Run {result.run_id}"
@@ -157,8 +161,8 @@ def deliver_alerts(defs, instance) -> None:
     result = anomaly_alert_sensor(context)
     job = defs.resolve_job_def("send_anomaly_alert")
     for request in result.run_requests or []:
-        job.execute_in_process(instance=instance, run_config={**request.run_config, **_quiet_logs()}, tags=request.tags,
-                               raise_on_error=False)
+        job.execute_in_process(instance=instance, run_config={**request.run_config, **_quiet_logs()},
+                               tags={**request.tags, **recovery.launch_tags()}, raise_on_error=False)
 
 
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:

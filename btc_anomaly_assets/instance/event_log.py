@@ -1,4 +1,12 @@
-"""Dagster instance storage for minute partitions: SQLite event log that writes event batches in one transaction.
+"""The ONE module that uses Dagster's private API: a SQLite event log that writes event batches in one transaction.
+
+Everything else in the project uses Dagster's public API (a grep test enforces it). This module
+subclasses Dagster's private ``SqliteEventLogStorage`` and is tested against exactly
+``TESTED_DAGSTER_VERSION``: ``test_instance_storage.py`` fails loudly on any other Dagster version
+until the equivalence test has been re-run and the constant bumped. ``dagster_yaml`` only writes
+this storage into a new ``dagster.yaml`` when ``available()`` (same Dagster version, imports
+work); otherwise it writes the stock ``storage: sqlite`` and says so. On PostgreSQL it is never
+used (``dagster-postgres`` already writes a batch of asset events as one multi-row insert).
 
 A single run over a day of minute partitions makes Dagster record one ``ASSET_MATERIALIZATION_PLANNED``
 and one ``ASSET_MATERIALIZATION`` event per partition per asset: 17,280 events for six assets. Dagster
@@ -15,23 +23,27 @@ as it is (the stock storage still works, only slower).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
+import dagster
 from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs import SqliteRunStorage  # noqa: F401 - named in dagster.yaml beside the event log
+from dagster._core.storage.schedules import SqliteScheduleStorage  # noqa: F401 - named in dagster.yaml
 from dagster._serdes import ConfigurableClassData
 
-# Dagster only routes batches to ``store_event_batch`` when this is > 0; a batch also ends at the
-# end of each step's events, so this is an upper bound on events per transaction.
-EVENT_BATCH_SIZE = "5000"
+from btc_anomaly_assets.instance.dagster_yaml import enable_event_batching
+
+# The Dagster version whose private storage internals this module was checked against (the
+# equivalence test in test_instance_storage.py); any other version gets the stock storage.
+TESTED_DAGSTER_VERSION = "1.13.27"
 
 
-def enable_event_batching() -> None:
-    """Turn on Dagster's event batching in this process (and the run workers it starts) unless set."""
-    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
+def available() -> bool:
+    """True when the installed Dagster is the one this module was checked against."""
+    return dagster.__version__ == TESTED_DAGSTER_VERSION
 
 
 def _is_plain_asset_event(event: EventLogEntry) -> bool:
