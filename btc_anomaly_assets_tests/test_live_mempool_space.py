@@ -79,7 +79,7 @@ def txs() -> list[dict]:
 
 
 def landed_hashes(lake: str) -> list[str]:
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
     now = utc_now()
     window = read_landing_window(lake, SOURCE, now - timedelta(minutes=10), now + timedelta(minutes=2), now)
@@ -148,7 +148,7 @@ def test_every_fault_no_loss_no_duplicate(tmp_path, txs):
 
 
 def _today():
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
     now = utc_now()
     return now - timedelta(minutes=10), now + timedelta(minutes=2)
@@ -180,12 +180,12 @@ def test_fake_server_enforces_the_real_limits():
         with connect(fake.ws_url) as ws:
             ws.send(json.dumps({"action": "ping"}))
             assert json.loads(ws.recv(timeout=5)) == {"pong": True}
-            with pytest.raises((ConnectionClosed, TimeoutError)):
+            with pytest.raises(ConnectionClosed):
                 for _ in range(120):
                     ws.send(json.dumps({"action": "noop"}))
                 ws.recv(timeout=5)
         assert fake.closed_for_rate == 1
-        with connect(fake.ws_url) as ws, pytest.raises(Exception):
+        with connect(fake.ws_url) as ws, pytest.raises(ConnectionClosed):
             ws.send("x" * 60_000)
             ws.recv(timeout=5)
         assert fake.terminated_for_size == 1

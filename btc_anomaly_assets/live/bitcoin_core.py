@@ -110,6 +110,7 @@ class BitcoinCoreFeed:
         self.baseline: set[str] | None = None
         self.pending: dict[str, datetime] = {}  # txid -> first seen, waiting for its block
         self.last_message_at: datetime | None = None
+        self._refills: set[asyncio.Task] = set()
         self.figures = {"messages": 0, "lost_messages": 0, "malformed": 0, "rpc_lookups": 0, "from_blocks": 0, "refilled": 0}
 
     async def _rpc(self, method: str, *params):
@@ -133,6 +134,8 @@ class BitcoinCoreFeed:
                 frames = await socket.recv_multipart()
                 await self._on_message(sink, frames)
         finally:
+            for task in list(self._refills):
+                task.cancel()
             socket.close()
             context.term()
 
@@ -150,7 +153,7 @@ class BitcoinCoreFeed:
             gap = sink.open_gap(self.last_message_at or now, "sequence", f"{lost} ZMQ {topic.decode()} message(s) lost "
                                 f"before counter {counter}")
             sink.close_gap(gap, now)
-            await self._refill(sink, gap)
+            self._start_refill(sink, gap)
         self.last_message_at = now
         if topic == b"rawtx":
             await self._on_rawtx(sink, body, now)
@@ -196,10 +199,13 @@ class BitcoinCoreFeed:
                 gap = sink.open_gap(self.last_message_at or now, "sequence",
                                     f"mempool sequence {self.mempool_sequence + 1}..{mempool_seq - 1} not notified")
                 sink.close_gap(gap, now)
-                await self._refill(sink, gap)
+                self._start_refill(sink, gap)
             self.mempool_sequence = max(mempool_seq, self.mempool_sequence or 0)
         if label == b"R":
             sink.event(now, "removed", item)
+            seen = self.pending.pop(item, None)
+            if seen is not None:  # evicted or replaced before its inputs could be read: seen, but not landable
+                sink.close_gap(sink.open_gap(seen, "lookup_failed", f"{item} left the mempool before getrawtransaction"), seen)
         elif label == b"C":
             block = await self._rpc("getblock", item, 3)
             for tx in block["tx"]:
@@ -212,10 +218,23 @@ class BitcoinCoreFeed:
                     del self.pending[txid]
                     sink.close_gap(sink.open_gap(seen, "lookup_failed", f"{txid}: Core had no data for it"), seen)
 
-    async def _refill(self, sink, gap: Gap) -> None:
+    def _start_refill(self, sink, gap: Gap) -> None:
+        task = asyncio.create_task(self._refill(sink, gap))
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    async def _refill(self, sink, gap: Gap, catch_up_seconds: float = 30.0) -> None:
+        """List the mempool with its mempool sequence, wait until the notifications up to that sequence
+        were processed (those still queued are not missing), then read what is still unknown."""
         try:
-            txids = await self._rpc("getrawmempool")
-            wanted = [t for t in txids if t not in (self.baseline or set()) and not sink.known(t)][:MAX_REFILL_TXS]
+            listing = await self._rpc("getrawmempool", False, True)
+            deadline = asyncio.get_running_loop().time() + catch_up_seconds
+            while (self.mempool_sequence or 0) < int(listing["mempool_sequence"]):
+                if asyncio.get_running_loop().time() > deadline:
+                    break  # no notification came since: what is unknown now is what was lost
+                await asyncio.sleep(0.05)
+            wanted = [t for t in listing["txids"] if t not in (self.baseline or set()) and not sink.known(t)
+                      and t not in self.pending][:MAX_REFILL_TXS]
             landed = 0
             for txid in wanted:
                 try:

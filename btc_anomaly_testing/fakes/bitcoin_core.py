@@ -140,6 +140,10 @@ class FakeBitcoinCore:
             if send:
                 self._pub.send_multipart([topic, body, struct.pack("<I", counter)])
 
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Any multipart message, as is (a malformed notification)."""
+        self._pub.send_multipart(frames)
+
     def skip(self, topic: bytes) -> None:
         """A message on ``topic`` that is lost on the way (its counter value is used)."""
         self._publish(topic, b"", send=False)
