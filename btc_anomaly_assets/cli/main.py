@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_report_arguments(sub.add_parser("report", help="write the tutorial's report CSVs from DuckDB"))
     add_dashboard_arguments(sub.add_parser("dashboard", help="serve the analyst's dashboard (Dash; reads DuckDB live)"))
+    from btc_anomaly_assets.cli.collect import add_collect_arguments, run_collect
+
+    add_collect_arguments(sub.add_parser("collect", help="run the push collector (BTC_SOURCE=mempool-space|bitcoin-core) into the landing zone"))
     sub.add_parser("spark-connect-server", add_help=False,
                    help="run a local Spark Connect server from the installed pyspark until Ctrl-C (--port 15002)")
     args, extra = parser.parse_known_args(argv)
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         return run_report(args)
+    if args.command == "collect":
+        return run_collect(args)
     if args.command == "dashboard":
         from btc_anomaly_assets.dashboard.app import run_dashboard
 

@@ -142,7 +142,7 @@ class FakeMempoolSpace:
                     stamps.popleft()
                 if len(stamps) > MSG_RATE_LIMIT:
                     self.closed_for_rate += 1
-                    await connection.close()
+                    await connection.close()  # ws's client.close(): a close frame, then the closing handshake
                     return
                 try:
                     parsed = json.loads(text)
