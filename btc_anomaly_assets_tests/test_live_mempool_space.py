@@ -212,3 +212,33 @@ def test_rest_client_honours_429_retry_after(txs):
         assert rest.mempool_txids() == [t["txid"] for t in txs[:3]]
         assert waits == [2.0, 2.0] and rest.rate_limited == 2
         assert rest.first_seen_times([txs[0]["txid"], "0" * 64])[txs[0]["txid"]] > 0
+
+
+def _cli_env(**extra) -> dict:
+    import os
+
+    from btc_anomaly_assets.common import settings
+
+    env = {k: v for k, v in os.environ.items() if k not in {s.name for s in settings.SETTINGS}}
+    return {**env, **extra}
+
+
+def test_cli_collect_stops_after_n_seconds_and_refuses_batch_sources(tmp_path, txs):
+    import subprocess
+    import sys
+
+    with FakeMempoolSpace() as fake:
+        env = _cli_env(BTC_SOURCE=SOURCE, BTC_MEMPOOL_WS_URL=fake.ws_url, BTC_MEMPOOL_API_URL=fake.api_url,
+                       BTC_DATA_DIR=str(tmp_path))
+        process = subprocess.Popen([sys.executable, "-m", "btc_anomaly_assets.cli.main", "collect", "--seconds", "3"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: fake.subscribers() == 1, timeout=60, what="the CLI's subscription")
+        fake.push(added=txs[:25])
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["landed"] == 25 and figures["source"] == SOURCE and 2.5 <= figures["seconds"] <= 10
+    assert len(landed_hashes(str(tmp_path / "lake"))) == 25
+    refused = subprocess.run([sys.executable, "-m", "btc_anomaly_assets.cli.main", "collect"], capture_output=True, text=True,
+                             env=_cli_env(BTC_SOURCE="blockchair"), timeout=60)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "1,440" in refused.stderr
