@@ -98,8 +98,11 @@ def report(session: LiveSession) -> dict:
     runs = session.live_runs
     print(f"  live runs: {sum(r is not None for r in runs.values())} of {len(runs)} minutes, "
           f"{sum(1 for r in runs.values() if r is not None and r.status == 'SUCCESS')} succeeded")
-    print(f"  Slack posts: {session.slack_posts}; posts per whale minute: "
+    print(f"  Slack posts: {session.slack_posts}; per whale minute, times each of its value alerts was posted: "
           + ", ".join(f"{m:%H:%M}={n}" for m, n in sorted(session.whale_alerts.items())))
+    unfinished = {f"{m:%H:%M}": r.status for m, r in runs.items() if r is not None and r.status != "SUCCESS"}
+    if unfinished:
+        print(f"  live runs not successful (FAILURE here = interrupted at shutdown if the drain ran out): {unfinished}")
     landing = first_seen_to_landed(session)
     print(f"\nfirst seen (server push) -> landed in its minute file: {describe(landing)}")
     print("\nafter the minute close (seconds; per measured minute):")
@@ -119,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whale-every", type=int, default=1, help="inject the whale in every k-th measured minute (0: never)")
     parser.add_argument("--history-minutes", type=int, default=35, help="landed minutes backfilled before dagster dev starts")
     parser.add_argument("--spark", choices=("classic", "connect"), default="connect")
+    parser.add_argument("--drain-seconds", type=float, default=240, help="wait after the last measured minute for its runs")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, instance, warehouse)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="btc-live-latency-"))
     try:
         session = run_live_session(workdir, minutes=args.minutes, whale_every=args.whale_every,
-                                   history_minutes=args.history_minutes, spark=args.spark)
+                                   history_minutes=args.history_minutes, spark=args.spark,
+                                   drain_seconds=args.drain_seconds)
         report(session)
     finally:
         if args.keep:

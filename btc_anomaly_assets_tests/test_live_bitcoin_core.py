@@ -55,6 +55,7 @@ def test_counter_tracker_detects_loss_and_wraps():
     counters.last[b"rawtx"] = 2**32 - 1
     assert counters.lost_before(b"rawtx", 0) == 0
     assert counters.lost_before(b"rawtx", 2) == 1
+    assert counters.lost_before(b"rawtx", 0) == CounterTracker.RESTARTED  # the node restarted: counters from 0
 
 
 def test_rpc_errors_auth_and_retries(tmp_path):

@@ -14,7 +14,8 @@ from btc_anomaly_testing.live_scenario import run_live_session, utc_timestamp
 
 
 def test_collector_and_dagster_dev_run_live_and_alert_the_whale_once(tmp_path):
-    session = run_live_session(tmp_path, minutes=2, whale_every=2, history_minutes=32, spark="connect")
+    # a generous drain: on a shared 2-core machine a live run can take minutes; the test judges outcomes, not speed
+    session = run_live_session(tmp_path, minutes=2, whale_every=2, history_minutes=32, spark="connect", drain_seconds=900)
     first, last = session.measured[0], session.measured[-1]
     # minutes land: every transaction pushed during the measured minutes is in the landing zone, once
     begin, end = utc_timestamp(first), utc_timestamp(last + timedelta(minutes=1))
@@ -26,6 +27,7 @@ def test_collector_and_dagster_dev_run_live_and_alert_the_whale_once(tmp_path):
     # the graph runs each minute
     assert all(run is not None and run.status == "SUCCESS" for run in session.live_runs.values()), session.live_runs
     assert all("btc/ewma_anomalies" in run.materialized for run in session.live_runs.values())
-    # the injected whale reaches Slack once
+    # the injected whale reaches Slack, each of its alerts once (value and max-value anomalies are alerted apiece)
     assert list(session.whales) == [last]
-    assert session.whale_alerts == {last: 1}, session.whale_alerts
+    posts = session.whale_alerts[last]
+    assert posts and all(n == 1 for n in posts), session.whale_alerts

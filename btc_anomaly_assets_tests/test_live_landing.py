@@ -117,3 +117,16 @@ def test_blockchair_live_budget_refuses_without_a_key(monkeypatch):
     monkeypatch.setenv("BTC_SOURCE", "mempool-space")
     monkeypatch.delenv("BLOCKCHAIR_API_KEY")
     check_live_source()
+
+
+def test_collector_deduplicates_with_bounded_memory(tmp_path):
+    from btc_anomaly_assets.live.collector import Collector
+
+    class NoFeed:
+        name = "none"
+
+    collector = Collector(NoFeed(), LandingZone(str(tmp_path / "lake"), SOURCE))
+    rows = _rows(30, T0, timedelta(seconds=4))  # 12:00:00 .. 12:01:56
+    assert collector.transactions(rows) == 30 and collector.transactions(rows[:5]) == 0 and collector.duplicates == 5
+    assert collector.forget_before(T0 + timedelta(minutes=1)) == 15
+    assert not collector.known(rows[0]["hash"]) and collector.known(rows[-1]["hash"])

@@ -86,7 +86,12 @@ def parse_transaction(data: bytes) -> dict:
 
 
 class CounterTracker:
-    """Per-topic ZMQ counters: how many messages were lost before each one (uint32, wraps)."""
+    """Per-topic ZMQ counters: how many messages were lost before each one (uint32, wraps).
+
+    A counter that goes back (other than the wrap after 2**32 - 1) means the publisher restarted
+    (the node restarted): ``RESTARTED`` is returned, as the number lost is unknown."""
+
+    RESTARTED = -1
 
     def __init__(self):
         self.last: dict[bytes, int] = {}
@@ -94,7 +99,11 @@ class CounterTracker:
     def lost_before(self, topic: bytes, counter: int) -> int:
         previous = self.last.get(topic)
         self.last[topic] = counter
-        return 0 if previous is None else (counter - previous - 1) % 2**32
+        if previous is None:
+            return 0
+        if counter <= previous and previous != 2**32 - 1:
+            return self.RESTARTED
+        return (counter - previous - 1) % 2**32
 
 
 class BitcoinCoreFeed:
@@ -149,9 +158,10 @@ class BitcoinCoreFeed:
         topic, body, counter = frames[0], frames[1], struct.unpack("<I", frames[2])[0]
         lost = self.counters.lost_before(topic, counter)
         if lost:
-            self.figures["lost_messages"] += lost
-            gap = sink.open_gap(self.last_message_at or now, "sequence", f"{lost} ZMQ {topic.decode()} message(s) lost "
-                                f"before counter {counter}")
+            self.figures["lost_messages"] += max(lost, 0)
+            what = (f"ZMQ {topic.decode()} counter went back to {counter}: the node restarted" if lost == CounterTracker.RESTARTED
+                    else f"{lost} ZMQ {topic.decode()} message(s) lost before counter {counter}")
+            gap = sink.open_gap(self.last_message_at or now, "sequence", what)
             sink.close_gap(gap, now)
             self._start_refill(sink, gap)
         self.last_message_at = now
@@ -200,7 +210,7 @@ class BitcoinCoreFeed:
                                     f"mempool sequence {self.mempool_sequence + 1}..{mempool_seq - 1} not notified")
                 sink.close_gap(gap, now)
                 self._start_refill(sink, gap)
-            self.mempool_sequence = max(mempool_seq, self.mempool_sequence or 0)
+            self.mempool_sequence = mempool_seq  # a node restart starts it again from its new value
         if label == b"R":
             sink.event(now, "removed", item)
             seen = self.pending.pop(item, None)

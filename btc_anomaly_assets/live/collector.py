@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from btc_anomaly_assets.common.utc import utc_now
@@ -54,6 +54,7 @@ class Collector(FeedSink):
         self.clock = clock
         self.log = logger or log
         self._seen: set[str] = set()
+        self._seen_by_minute: dict[datetime, list[str]] = {}  # bounded memory: minutes older than DEDUP_MEMORY_MINUTES are forgotten
         self._seen_lock = threading.Lock()  # a REST re-fill thread reports transactions too
         self._stop = asyncio.Event()
         self.received = 0  # transaction objects the feed delivered (duplicates included)
@@ -73,6 +74,7 @@ class Collector(FeedSink):
                     self.duplicates += 1
                     continue
                 self._seen.add(row["hash"])
+                self._seen_by_minute.setdefault(row["time"].replace(second=0, microsecond=0), []).append(row["hash"])
                 self.landing.add_transaction(row)
                 new += 1
         return new
@@ -97,6 +99,16 @@ class Collector(FeedSink):
         gap.refill_note = note or gap.refill_note
         self.log.warning(f"feed gap {gap.reason} closed: {gap.start:%H:%M:%S}-{end:%H:%M:%S}, {gap.refilled} re-filled")
 
+    def forget_before(self, minute: datetime) -> int:
+        """Drop the de-duplication memory of minutes before ``minute``; returns the hashes forgotten."""
+        forgotten = 0
+        with self._seen_lock:
+            for old in [m for m in self._seen_by_minute if m < minute]:
+                hashes = self._seen_by_minute.pop(old)
+                self._seen.difference_update(hashes)
+                forgotten += len(hashes)
+        return forgotten
+
     # --- the loop
     def stop(self) -> None:
         self._stop.set()
@@ -119,7 +131,9 @@ class Collector(FeedSink):
                 await asyncio.wait_for(self._stop.wait(), timeout=min(self.flush_seconds, to_boundary))
             except TimeoutError:
                 pass
-            await asyncio.to_thread(self.landing.flush, self.clock())
+            now = self.clock()
+            await asyncio.to_thread(self.landing.flush, now)
+            self.forget_before(now.replace(second=0, microsecond=0) - timedelta(minutes=DEDUP_MEMORY_MINUTES))
 
     async def run(self, seconds: float | None = None) -> dict:
         """Collect until ``seconds`` have passed or ``stop()``; returns the figures of the run."""
