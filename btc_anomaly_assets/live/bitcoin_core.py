@@ -26,6 +26,7 @@ from datetime import datetime
 import zmq
 import zmq.asyncio
 
+from btc_anomaly_assets.common.http_policy import backoff_seconds
 from btc_anomaly_assets.common.utc import utc_now
 from btc_anomaly_assets.live.bitcoin_core_rpc import RPC_INVALID_ADDRESS_OR_KEY, CoreRpc, RpcError
 from btc_anomaly_assets.live.landing import Gap
@@ -135,8 +136,16 @@ class BitcoinCoreFeed:
             socket.setsockopt(zmq.SUBSCRIBE, topic)
         socket.connect(self.zmq_url)
         try:
-            if self.baseline is None:
-                mempool = await self._rpc("getrawmempool", False, True)
+            attempt = 0
+            while self.baseline is None:
+                try:
+                    mempool = await self._rpc("getrawmempool", False, True)
+                except RpcError as exc:  # node down or warming up: keep trying, jittered
+                    delay = backoff_seconds(attempt, initial=1.0, maximum=60.0, jitter=0.5)
+                    attempt += 1
+                    self.log.warning(f"Bitcoin Core not answering ({exc}); retrying in {delay:.1f} s")
+                    await asyncio.sleep(delay)
+                    continue
                 self.baseline, self.mempool_sequence = set(mempool["txids"]), int(mempool["mempool_sequence"])
                 self.log.info(f"Bitcoin Core: {len(self.baseline):,} transactions already in the mempool (not landed)")
             while True:
@@ -186,8 +195,9 @@ class BitcoinCoreFeed:
         except RpcError as exc:
             if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
                 self.pending[txid] = now  # a block's transaction: read from getblock 3 at its C notification
-                return
-            raise
+            else:  # the node is not answering: the transaction was seen but cannot be landed
+                sink.close_gap(sink.open_gap(now, "lookup_failed", f"{txid}: {exc}"[:200]), now)
+            return
         self._land(sink, verbose, now)
 
     def _land(self, sink, verbose: dict, moment: datetime) -> int:
@@ -217,7 +227,11 @@ class BitcoinCoreFeed:
             if seen is not None:  # evicted or replaced before its inputs could be read: seen, but not landable
                 sink.close_gap(sink.open_gap(seen, "lookup_failed", f"{item} left the mempool before getrawtransaction"), seen)
         elif label == b"C":
-            block = await self._rpc("getblock", item, 3)
+            try:
+                block = await self._rpc("getblock", item, 3)
+            except RpcError as exc:
+                sink.close_gap(sink.open_gap(now, "lookup_failed", f"block {item}: {exc}"[:200]), now)
+                return
             for tx in block["tx"]:
                 sink.event(now, "mined", tx["txid"], block_hash=item)
                 seen = self.pending.pop(tx["txid"], None)
