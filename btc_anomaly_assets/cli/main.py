@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_report_arguments(sub.add_parser("report", help="write the tutorial's report CSVs from DuckDB"))
     add_dashboard_arguments(sub.add_parser("dashboard", help="serve the analyst's dashboard (Dash; reads DuckDB live)"))
+    from btc_anomaly_assets.cli.collect import add_collect_arguments
+
+    add_collect_arguments(sub.add_parser("collect", help="run the push collector (BTC_SOURCE=mempool-space|bitcoin-core) into the landing zone"))
     sub.add_parser("spark-connect-server", add_help=False,
                    help="run a local Spark Connect server from the installed pyspark until Ctrl-C (--port 15002)")
     args, extra = parser.parse_known_args(argv)
@@ -219,6 +222,10 @@ def _run_command(args: argparse.Namespace, extra: list[str]) -> int:
         return _checked_range(SAMPLE_START, SAMPLE_END, "btc-anomaly demo")
     if args.command == "backfill":
         return _checked_range(args.start, args.end, f"btc-anomaly backfill {args.start} {args.end}")
+    if args.command == "collect":
+        from btc_anomaly_assets.cli.collect import run_collect
+
+        return run_collect(args)
     if args.command == "report":
         from btc_anomaly_assets.dashboard.report import run_report
 

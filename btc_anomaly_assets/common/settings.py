@@ -24,7 +24,15 @@ class Setting:
 
 
 SETTINGS: list[Setting] = [
-    Setting("BTC_SOURCE", "sample", "`sample` (bundled real 13 Aug 2025 blocks), `blockchair` (live API) or `blockchair-dump` (daily dump files)"),
+    Setting("BTC_SOURCE", "sample", "`sample` (bundled real 13 Aug 2025 blocks), `blockchair` (live API), `blockchair-dump` (daily dump files), "
+            "or a push source read from the landing zone `btc-anomaly collect` writes: `mempool-space` or `bitcoin-core`"),
+    Setting("BTC_MEMPOOL_WS_URL", "wss://mempool.space/api/v1/ws", "mempool.space WebSocket (`track-mempool` pushes) for `BTC_SOURCE=mempool-space`"),
+    Setting("BTC_MEMPOOL_API_URL", "https://mempool.space/api", "mempool.space REST API (blocks and gap re-fill) for `BTC_SOURCE=mempool-space`"),
+    Setting("BTC_CORE_ZMQ_URL", "tcp://127.0.0.1:28332", "Bitcoin Core ZMQ endpoint publishing `rawtx` and `sequence` (`-zmqpubrawtx`, `-zmqpubsequence`)"),
+    Setting("BTC_CORE_RPC_URL", "http://127.0.0.1:8332", "Bitcoin Core JSON-RPC URL (input values, fees, blocks) for `BTC_SOURCE=bitcoin-core`"),
+    Setting("BTC_CORE_RPC_COOKIE", None, "Path of the node's `.cookie` file (preferred to user/password; re-read after a node restart)"),
+    Setting("BTC_CORE_RPC_USER", None, "Bitcoin Core RPC user (`rpcauth`), used when no cookie file is set"),
+    Setting("BTC_CORE_RPC_PASSWORD", None, "Bitcoin Core RPC password (secret; never logged)", secret=True),
     Setting("BTC_BLOCKCHAIR_MODE", "mempool", "With `BTC_SOURCE=blockchair`: `mempool` (first-seen times, the live default) or `confirmed` (block times)"),
     Setting("BTC_DUMP_DIR", None, "Folder of `blockchair_bitcoin_transactions_YYYYMMDD*.tsv.gz` files for `blockchair-dump`"),
     Setting("BLOCKCHAIR_API_KEY", None, "Blockchair API key (optional; sent as `key=`, never logged)", secret=True),

@@ -91,3 +91,17 @@ RAW_CHECK_DESCRIPTIONS = {
     "row_count_matches_source": "Rows stored in the lake equal the rows the source reported for the window",
 }
 RAW_CHECK_NAMES = list(RAW_CHECK_DESCRIPTIONS)
+
+
+FEED_COMPLETE = "feed_complete"
+FEED_COMPLETE_DESCRIPTION = ("Push sources (mempool-space, bitcoin-core): the collector watched every minute of the window "
+                             "without a gap (warn; a gap is re-filled from REST/RPC where possible and swept again later)")
+
+
+def check_feed_complete(incomplete_minutes: dict | None) -> CheckVerdict:
+    """Passes when no minute of the window had a feed gap; a batch source (None) has no feed to judge."""
+    if incomplete_minutes is None:
+        return CheckVerdict(FEED_COMPLETE, True, FEED_COMPLETE_DESCRIPTION, pd.DataFrame(), {"applies": "no (batch source)"})
+    shown = pd.DataFrame({"minute": list(incomplete_minutes), "why": ["; ".join(v) for v in incomplete_minutes.values()]})
+    return CheckVerdict(FEED_COMPLETE, not incomplete_minutes, FEED_COMPLETE_DESCRIPTION, shown,
+                        {"incomplete_minutes": len(incomplete_minutes)})

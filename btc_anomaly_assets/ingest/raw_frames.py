@@ -19,8 +19,8 @@ most operations, so read it straight away; the dump and API results also carry i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -52,8 +52,10 @@ NON_NEGATIVE_FIELDS = (
     "fee",
     *RAW_FLOAT_FIELDS,
 )
-# USD conversions may be absent in a source without a price feed; every other field is required.
-NULLABLE_FIELDS = frozenset(name for name in RAW_FLOAT_FIELDS if name.endswith("_usd"))
+# USD conversions may be absent in a source without a price feed, and coin-days destroyed in a push
+# source (mempool.space, Bitcoin Core) that does not report the age of the coins spent; every other
+# field is required.
+NULLABLE_FIELDS = frozenset(name for name in RAW_FLOAT_FIELDS if name.endswith("_usd") or name == "cdd_total")
 
 _HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 _TRUE_TEXT = {"1", "true", "True", "TRUE"}

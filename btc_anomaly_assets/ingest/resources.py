@@ -12,7 +12,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-SOURCES = ("sample", "blockchair", "blockchair-dump")
+SOURCES = ("sample", "blockchair", "blockchair-dump", "mempool-space", "bitcoin-core")
+PUSH_SOURCES = ("mempool-space", "bitcoin-core")  # read from the landing zone `btc-anomaly collect` writes
 BLOCKCHAIR_MODES = ("mempool", "confirmed")
 
 
@@ -30,6 +31,8 @@ class SourceBatch:
     source: str
     detail: str
     figures: dict = field(default_factory=dict)
+    # push sources only: minute -> why the feed did not see all of it (None: not a push source)
+    incomplete_minutes: dict | None = None
 
 
 class TransactionSource(dg.ConfigurableResource):
@@ -41,7 +44,13 @@ class TransactionSource(dg.ConfigurableResource):
     api_key: Optional[str] = Field(default=None, description="Blockchair API key (secret)")
     blockchair_mode: str = Field(default="mempool", description="mempool (first-seen) | confirmed (block time)")
 
-    def fetch(self, start: datetime, end: datetime, log) -> SourceBatch:
+    def fetch(self, start: datetime, end: datetime, log, lake_url: str | None = None) -> SourceBatch:
+        if self.source in PUSH_SOURCES:
+            if not lake_url:
+                raise dg.Failure(f"BTC_SOURCE={self.source} reads the landing zone, which needs the lake location")
+            from btc_anomaly_assets.live.landing_source import landing_batch
+
+            return landing_batch(lake_url, self.source, start, end, log)
         if self.source == "sample":
             return self._from_dumps(sample_dir(), start, end, "sample", log)
         if self.source == "blockchair-dump":

@@ -79,7 +79,19 @@ def _tick_time(context: dg.ScheduleEvaluationContext) -> datetime:
     return context.scheduled_execution_time.astimezone(timezone.utc).replace(tzinfo=None)
 
 
+def check_live_source() -> None:
+    """Refuse, at load, a live Blockchair setting the key-less request budget cannot carry (one line)."""
+    from btc_anomaly_assets.common.settings import env_value
+    from btc_anomaly_assets.live.budget import live_budget_error
+
+    if is_on("BTC_LIVE") and env_value("BTC_SOURCE") == "blockchair" and env_value("BTC_BLOCKCHAIR_MODE") == "mempool":
+        error = live_budget_error(has_key=bool(env_value("BLOCKCHAIR_API_KEY")))
+        if error:
+            raise ValueError(error)
+
+
 def build_live_automation(job) -> tuple[list[dg.ScheduleDefinition], list[dg.SensorDefinition]]:
+    check_live_source()
     @dg.schedule(name="live_minute", cron_schedule="* * * * *", execution_timezone="UTC", job=job,
                  default_status=_live_status())
     def live_minute(context: dg.ScheduleEvaluationContext):
