@@ -18,7 +18,10 @@ from btc_anomaly_assets.common.settings import SETTINGS
 from btc_anomaly_assets_tests.small_warehouse import build_small_warehouse
 
 CONFIG_ERRORS = [
-    ({"BTC_SOURCE": "nonsense"}, "BTC_SOURCE='nonsense'", "sample, blockchair, blockchair-dump"),
+    ({"BTC_SOURCE": "nonsense"}, "BTC_SOURCE='nonsense'", "sample, blockchair, blockchair-dump, mempool-space, bitcoin-core"),
+    ({"BTC_SOURCE": "bitcoin-core"}, "BTC_CORE_RPC_COOKIE", "needs RPC credentials"),
+    ({"BTC_MEMPOOL_WS_URL": "https://mempool.space/api/v1/ws"}, "BTC_MEMPOOL_WS_URL='https://mempool.space/api/v1/ws'",
+     "wss/ws URL"),
     ({"BTC_PARTITIONS_START": "2025-08-13"}, "BTC_PARTITIONS_START='2025-08-13'", "2025-08-13-00:00"),
     ({"BTC_PARTITIONS_END": "2025-08-12-00:00"}, "BTC_PARTITIONS_END (2025-08-12-00:00)", "must be after"),
     ({"BTC_PARTITIONS_START": "2015-01-01-00:00", "BTC_PARTITIONS_END": "none"}, "BTC_PARTITIONS_START=2015-01-01-00:00",

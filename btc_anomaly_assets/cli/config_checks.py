@@ -66,6 +66,15 @@ def _http_url(name: str, value: str) -> str | None:
     return f"{name}={shown(name, value)} is not an http(s) URL like https://host/path"
 
 
+def _url_with(schemes: tuple[str, ...], example: str):
+    def check(name: str, value: str) -> str | None:
+        parts = urlsplit(value)
+        if parts.scheme in schemes and parts.netloc:
+            return None
+        return f"{name}={shown(name, value)} is not a {'/'.join(schemes)} URL like {example}"
+    return check
+
+
 def _on_off(name: str, value: str) -> str | None:
     try:
         settings.is_on(name)
@@ -122,6 +131,10 @@ VALUE_CHECKS: dict[str, Callable[[str, str], str | None]] = {
     "BTC_SOURCE": _one_of(_sources, "a transaction source"),
     "BTC_BLOCKCHAIR_MODE": _one_of(("mempool", "confirmed"), "a Blockchair mode"),
     "BLOCKCHAIR_API_URL": _http_url,
+    "BTC_MEMPOOL_WS_URL": _url_with(("wss", "ws"), "wss://mempool.space/api/v1/ws"),
+    "BTC_MEMPOOL_API_URL": _http_url,
+    "BTC_CORE_ZMQ_URL": _url_with(("tcp", "ipc"), "tcp://127.0.0.1:28332"),
+    "BTC_CORE_RPC_URL": _http_url,
     "SPARK_REMOTE": _spark_remote,
     "SPARK_MASTER": _spark_master,
     "SPARK_DRIVER_MEMORY": _memory,
@@ -168,6 +181,15 @@ def _source_problems() -> list[ConfigProblem]:
         elif not any(Path(folder).expanduser().glob("blockchair_bitcoin_transactions_*.tsv*")):
             problems.append(ConfigProblem("BTC_DUMP_DIR", f"BTC_DUMP_DIR={folder!r} holds no "
                                           "blockchair_bitcoin_transactions_YYYYMMDD*.tsv.gz file"))
+    if source == "bitcoin-core":
+        cookie = settings.env_value("BTC_CORE_RPC_COOKIE")
+        if cookie and not Path(cookie).expanduser().is_file():
+            problems.append(ConfigProblem("BTC_CORE_RPC_COOKIE", f"BTC_CORE_RPC_COOKIE={cookie!r} is not a file (the node "
+                                          "writes it as <datadir>/.cookie while it runs)"))
+        elif not cookie and not (settings.env_value("BTC_CORE_RPC_USER") and settings.env_value("BTC_CORE_RPC_PASSWORD")):
+            problems.append(ConfigProblem("BTC_CORE_RPC_COOKIE", "BTC_SOURCE=bitcoin-core needs RPC credentials: "
+                                          "BTC_CORE_RPC_COOKIE (the node's .cookie file) or BTC_CORE_RPC_USER and "
+                                          "BTC_CORE_RPC_PASSWORD"))
     bot_only = settings.env_value("SLACK_BOT_TOKEN") and not settings.env_value("SLACK_WEBHOOK_URL")
     if bot_only and not settings.env_value("SLACK_CHANNEL"):
         problems.append(ConfigProblem("SLACK_CHANNEL", "SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not: the bot needs a "
