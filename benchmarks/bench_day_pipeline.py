@@ -128,30 +128,39 @@ def read_event_log(dagster_home: Path, launched: float, m: Measurement) -> None:
         marks: dict[str, float] = {}
         last_step_end = None
         gaps = 0.0
-        for record in instance.all_logs(run.run_id):
+        run_start, run_success, run_failure = (dg.DagsterEventType.RUN_START.value, dg.DagsterEventType.RUN_SUCCESS.value,
+                                               dg.DagsterEventType.RUN_FAILURE.value)
+        records = instance.all_logs(run.run_id)
+        first_record = min(r.timestamp for r in records)  # the first planned-materialization record
+        for record in records:
             event = record.dagster_event
             if event is None:
                 m.events["(log message)"] += 1
                 continue
             kind = event.event_type_value
             m.events[kind] += 1
-            if kind in ("RUN_START", "RUN_SUCCESS", "RUN_FAILURE"):
+            if kind in (run_start, run_success, run_failure):
                 marks.setdefault(kind, record.timestamp)
             elif kind == "STEP_START":
                 started[event.step_key] = record.timestamp
-                gaps += record.timestamp - (last_step_end if last_step_end is not None else marks["RUN_START"])
+                gaps += record.timestamp - (last_step_end if last_step_end is not None else marks[run_start])
             elif kind == "STEP_SUCCESS":
                 m.steps[event.step_key] = record.timestamp - started[event.step_key]
                 last_step_end = record.timestamp
-        run_end = marks.get("RUN_SUCCESS", marks.get("RUN_FAILURE"))
+        run_end = marks.get(run_success, marks.get(run_failure))
+        alert_seconds = 0.0
+        for other in instance.get_run_records():
+            if other.dagster_run.job_name == "send_anomaly_alert":
+                other_records = instance.all_logs(other.dagster_run.run_id)
+                m.other_run_events += len(other_records)
+                alert_seconds += max(r.timestamp for r in other_records) - min(r.timestamp for r in other_records)
         m.outside = {
-            "process start -> run start (imports, definitions, run creation)": marks["RUN_START"] - launched,
+            "process start -> run creation (imports, definitions, instance)": first_record - launched,
+            "run creation (planned materialization + check records)": marks[run_start] - first_record,
             "inside the run, between steps": gaps + (run_end - last_step_end),
-            "run end -> process end (alert tick + alert runs, summary, exit)": launched + m.wall - run_end,
+            "alert runs (send_anomaly_alert, start -> end)": alert_seconds,
+            "rest after the run (alert sensor tick, summary, exit)": launched + m.wall - run_end - alert_seconds,
         }
-        for record in instance.get_run_records():
-            if record.dagster_run.run_id != run.run_id:
-                m.other_run_events += len(instance.all_logs(record.dagster_run.run_id))
     finally:
         instance.dispose()
 
@@ -219,7 +228,7 @@ def report(runs: list[Measurement], n_tx: int) -> dict[str, float]:
         print(f"  {piece:<66} {median(m.outside[piece] for m in runs):7.1f} s")
     total_events = sum(last.events.values())
     top = ", ".join(f"{kind} {n:,}" for kind, n in last.events.most_common(6))
-    print(f"event-log records of the pipeline run: {total_events:,} ({top}); other runs (alerts): {last.other_run_events:,}")
+    print(f"event-log records of the pipeline run: {total_events:,} ({top}); alert runs: {last.other_run_events:,}")
     print(f"DuckDB-SQL floor for the same per-minute aggregates: {floor:.2f} s")
     print(f"ratios: minute_aggregates step / DuckDB floor = {spark_step / floor:.1f}x; whole graph / DuckDB floor = {wall / floor:.0f}x")
     return {"wall": wall, "cpu": cpu, "peak": peak, "minute_aggregates": spark_step}
