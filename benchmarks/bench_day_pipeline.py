@@ -22,6 +22,7 @@ the medians of each and their ratio. Goals (issue 17): <= 30 s wall, <= 1.2 GB p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -266,6 +267,8 @@ def main() -> None:
             run_dir = work / f"{label.split()[0]}-{i}"
             shutil.rmtree(run_dir, ignore_errors=True)
             results[label].append(one_run(label, tree, dumps, run_dir))
+            with open(work / "measurements.jsonl", "a") as out:  # raw figures, one line per run
+                out.write(json.dumps({k: dict(v) if isinstance(v, Counter) else v for k, v in vars(results[label][-1]).items() if k != "output"}) + "\n")
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
     headline = {label: report(runs, len(day)) for label, runs in results.items()}
