@@ -37,21 +37,21 @@ class SparkResource(LazyPySparkResource):
     With ``start_early`` (the default), a run that needs this resource starts the session in a
     background thread as soon as the run begins (while the raw step fetches and writes), and on a
     local master also runs the aggregation once on a two-row temporary lake (``spark_warmup``), so
-    the step finds a started, warm JVM. Loading definitions still never starts a JVM.
+    the step finds a started, warm JVM; a step that needs the session before the warm-up began
+    skips it. Loading definitions, sensor ticks and resource contexts outside a run never start a JVM.
     """
 
     start_early: bool = Field(default=True, description="Start (and on local masters warm up) the session when the run begins")
     _warmer = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.start_early and self._spark_session is None and self._warmer is None:
+        # Only in a run (a sensor or a test building resources has no run, and no use for a JVM).
+        # No teardown on purpose: it would make this a context-manager resource, which sensor
+        # contexts built outside a ``with`` refuse; the thread is a daemon and the JVM ends with us.
+        if self.start_early and context.dagster_run is not None and self._spark_session is None and self._warmer is None:
             master = self.spark_config.get("spark.master")
             warm_up = warm_up_aggregation if not self.spark_config.get("spark.remote") and is_local_master(master) else None
             self._warmer = SessionWarmer(self._build_session, warm_up, context.log).start()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._warmer is not None:
-            self._warmer.join()  # never leave a JVM half-started behind a finished run
 
     def _init_session(self) -> None:
         if self._spark_session is None:

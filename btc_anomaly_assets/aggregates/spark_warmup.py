@@ -74,6 +74,7 @@ class SessionWarmer:
         self._log = log
         self._session: Any = None
         self._error: BaseException | None = None
+        self._needed = threading.Event()  # the step is waiting: a warm-up not yet begun is skipped
         self.timings: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name="spark-session-warmer", daemon=True)
 
@@ -89,7 +90,7 @@ class SessionWarmer:
             self._error = exc
             return
         self.timings["session_seconds"] = time.monotonic() - began
-        if self._warm_up is None:
+        if self._warm_up is None or self._needed.is_set():
             return
         began = time.monotonic()
         try:
@@ -102,6 +103,7 @@ class SessionWarmer:
     def result(self) -> Any:
         """The session (waiting for the thread); raises what building it raised."""
         waited = time.monotonic()
+        self._needed.set()
         self._thread.join()
         self.timings["waited_seconds"] = time.monotonic() - waited
         if self._error is not None:
@@ -110,5 +112,3 @@ class SessionWarmer:
             f"{name} {seconds:.1f} s" for name, seconds in self.timings.items()))
         return self._session
 
-    def join(self) -> None:
-        self._thread.join()
