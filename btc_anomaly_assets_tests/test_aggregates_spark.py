@@ -27,6 +27,7 @@ from btc_anomaly_assets.aggregates.spark_session import (
     free_loopback_port,
     start_local_connect_server,
 )
+from btc_anomaly_assets.aggregates.spark_warmup import warm_up_aggregation
 from btc_anomaly_assets.common.lake import raw_path, write_raw_window
 from btc_anomaly_testing.real_data import block_minutes, copies_of, real_raw
 
@@ -181,6 +182,15 @@ def test_a_missing_lake_root_is_an_error_not_empty_minutes(classic_spark, tmp_pa
     missing = str(tmp_path / "no_lake" / "raw_transactions")
     with pytest.raises(AggregationError, match=f"raw lake path {missing} does not exist"):
         aggregate_minutes_spark(classic_spark, missing, *NO_DATA)
+
+
+def test_the_warm_up_query_leaves_the_real_aggregates_identical(classic_spark, real_lake, classic_results, raw, after_a_block):
+    before = classic_results(after_a_block)
+    warm_up_aggregation(classic_spark)  # what a run does in the background before the step
+    after = aggregate_minutes_spark(classic_spark, real_lake, *after_a_block)
+
+    pd.testing.assert_frame_equal(after, before, check_exact=True)
+    assert_matches_reference(after, duckdb_reference(raw, after_a_block))
 
 
 def test_connect_gives_the_same_frames_as_classic(classic_results, connect_spark, real_lake, after_a_block, one_block_minute):

@@ -302,6 +302,9 @@ def _scan_file(path: Path, start: datetime, end: datetime, log: logging.Logger) 
             width = len(header)
             block_index = header.index("block_id")
             time_index = header.index("time")
+            # A block's rows are consecutive and share one time: a line with the previous line's block
+            # and time text gets the previous decision (should_stop would return False, unchanged).
+            last_block_text, last_time_text, last_in_window = None, None, False
             for line_number, line in enumerate(stream, start=2):
                 fields = line.rstrip("\r\n").split("\t")
                 if len(fields) != width:
@@ -310,14 +313,19 @@ def _scan_file(path: Path, start: datetime, end: datetime, log: logging.Logger) 
                         path=path,
                         line=line_number,
                     )
-                block_id = _parse_block_id(path, line_number, fields[block_index])
-                time_text = fields[time_index]
-                if stopper.should_stop(line_number, block_id, time_text, parse_time):
-                    stopped_early = True
-                    line_number -= 1  # this line was only peeked at, not scanned into the result
-                    break
-                moment = parse_time(time_text)
-                if start <= moment < end:
+                block_text, time_text = fields[block_index], fields[time_index]
+                if block_text == last_block_text and time_text == last_time_text:
+                    in_window = last_in_window
+                else:
+                    block_id = _parse_block_id(path, line_number, block_text)
+                    if stopper.should_stop(line_number, block_id, time_text, parse_time):
+                        stopped_early = True
+                        line_number -= 1  # this line was only peeked at, not scanned into the result
+                        break
+                    moment = parse_time(time_text)
+                    in_window = start <= moment < end
+                    last_block_text, last_time_text, last_in_window = block_text, time_text, in_window
+                if in_window:
                     rows.append(fields)
                     line_numbers.append(line_number)
                     rows_in_window += 1

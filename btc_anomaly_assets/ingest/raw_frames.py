@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from btc_anomaly_assets.common.schema import (
     BLOCKCHAIR_FIELDS,
@@ -212,11 +214,34 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _strict_cast(values: pd.Series, arrow_type: pa.DataType) -> np.ndarray | None:
+    """Text values parsed by Arrow's strict cast, or None if any value is not plain text of that type.
+
+    The fast path for dump integers (about 2x faster than ``pd.to_numeric``, same values): Arrow
+    accepts only plain decimal text (no blanks, no ``1.0``, no overflow). Anything it refuses goes
+    through the lenient path, which also names the offending row. Not used for floats: Arrow parses
+    them correctly rounded, ``pd.to_numeric`` drops digits past ~15 significant ones (``cdd_total``
+    ``0.000046536260416667`` reads as ``4.65362604166e-05``), so the stored values would change.
+    """
+    if values.dtype != object:
+        return None
+    try:
+        text = pa.array(values.to_numpy(), type=pa.string())
+        if text.null_count:
+            return None
+        return pc.cast(text, arrow_type).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+
+
 def _parse_ints(values: pd.Series, name: str, locate: _Where) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values.dtype):
         raise locate.error(0, name, "is a boolean, expected an integer", values.iloc[0])
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.to_numpy(dtype=np.int64)
+    fast = _strict_cast(values, pa.int64())
+    if fast is not None:
+        return fast
     numbers = pd.to_numeric(values, errors="coerce")
     failed = numbers.isna().to_numpy()
     if failed.any():
@@ -312,6 +337,12 @@ def _parse_times(values: pd.Series, locate: _Where) -> pd.Series:
 
 
 def _parse_hashes(values: pd.Series, locate: _Where) -> np.ndarray:
+    try:  # fast path: one vectorised RE2 match (its $ is the end of the text, as fullmatch)
+        valid_text = pc.match_substring_regex(pa.array(values.to_numpy(), type=pa.string()), "^[0-9a-f]{64}$")
+        if pc.all(pc.fill_null(valid_text, False)).as_py():
+            return values.to_numpy(dtype=object)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass  # not all text: the per-value check below names the first bad row
     valid = values.map(lambda v: isinstance(v, str) and _HASH_PATTERN.fullmatch(v) is not None).to_numpy(dtype=bool)
     if not valid.all():
         position = _first(~valid)
