@@ -40,3 +40,35 @@ def test_the_helper_uses_only_public_dagster_api():
 
     source = inspect.getsource(dagster_helpers)
     assert "dagster._" not in source and "._step_execution_context" not in source
+
+
+class _RecordingContext:
+    """What Dagster does with the calls: partition-scoped metadata overrides the run's own."""
+
+    def __init__(self):
+        self.run_level, self.by_partition, self.partition_calls = {}, {}, 0
+
+    def add_asset_metadata(self, metadata, partition_key=None):
+        if partition_key is None:
+            self.run_level.update(metadata)
+        else:
+            self.partition_calls += 1
+            self.by_partition.setdefault(partition_key, {}).update(metadata)
+
+    def effective(self, key):
+        return {**self.run_level, **self.by_partition.get(key, {})}
+
+
+def test_a_day_of_minutes_costs_one_call_per_minute_that_differs_and_every_minute_reads_its_own_figures():
+    import pandas as pd
+
+    from btc_anomaly_assets.common.dagster_helpers import add_minute_metadata
+
+    start, end = datetime(2025, 8, 13), datetime(2025, 8, 14)
+    busy = pd.date_range(start, periods=144, freq="10min")  # a block every ten minutes
+    figures = pd.DataFrame({"dagster/row_count": range(1, 145), "severity_info": 9}, index=busy)
+    context = _RecordingContext()
+    add_minute_metadata(context, start, end, figures)
+    assert context.partition_calls == 144  # not 1,440
+    assert context.effective("2025-08-13-00:10") == {"dagster/row_count": 2, "severity_info": 9}
+    assert context.effective("2025-08-13-00:11") == {"dagster/row_count": 0, "severity_info": 0}
