@@ -51,7 +51,7 @@ def run_range(start_key: str, end_key: str) -> int:
     elapsed = time.monotonic() - began
     if result.success:
         deliver_alerts(defs, dg.DagsterInstance.get())
-    from btc_anomaly_assets.cli.main.summary import print_summary
+    from btc_anomaly_assets.cli.summary import print_summary
 
     print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT))
     status = "succeeded" if result.success else "FAILED"

@@ -50,6 +50,7 @@ SETTINGS: list[Setting] = [
     Setting("BTC_ALERT_OUTBOX", None, "JSON-lines outbox used when no Slack destination is set. Default `<BTC_DATA_DIR>/alerts_outbox.jsonl`"),
     Setting("BTC_ALERT_MIN_SEVERITY", "medium", "Lowest severity that is alerted: `info`, `low`, `medium`, `high`"),
     Setting("BTC_ALERT_IN_RUN", "on", "`on`: a live minute's EWMA alerts are sent from inside its run (seconds sooner); `off`: only the alert sensor sends"),
+    Setting("BTC_EXPLORER_URL", "https://mempool.space", "Public block explorer linked from every incident's transactions (`{base}/tx/{hash}`)"),
     Setting("BTC_DAGSTER_UI_URL", "http://localhost:3000", "Dagster UI base URL used for links in alerts"),
     Setting("BTC_LIVE", "off", "`on` starts the live schedules: each closed minute through the graph, plus a late-data sweep"),
     Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),

@@ -416,6 +416,10 @@ def rule_based_answer(evidence: Mapping[str, Any]) -> dict[str, Any]:
         draft = _explain_ewma(evidence)
     elif kind == KIND_CLUSTER:
         draft = _explain_cluster(evidence)
+    elif kind == "incident":  # one answer per incident: its primary finding's, worded around the incident
+        from btc_anomaly_assets.explain.incident_evidence import incident_answer
+
+        return incident_answer(evidence)
     else:
         raise ValueError(f"unknown anomaly_kind {kind!r} in evidence {evidence.get('anomaly_id')}")
     return draft.finish(evidence)
