@@ -39,7 +39,7 @@ from btc_anomaly_assets.explain.prompt import (
 )
 
 RULES_MODEL_ID = "rules-v1"
-RULES_VERSION = "rules-v1"  # rules have no prompt; the rule-set version stands in for it
+RULES_VERSION = "rules-v2"  # rules have no prompt; the rule-set version stands in for it (v2: per incident)
 
 UNUSUAL_Z = 3.0
 MEDIUM_Z = 4.0
