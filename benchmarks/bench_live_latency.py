@@ -349,8 +349,7 @@ def collect(home: Path, warehouse_path: Path, measured: list[datetime], whales: 
     wh = Warehouse(str(warehouse_path))
     alerts = wh.query("SELECT alert_id, text, item_ids FROM btc.alerts WHERE status = 'sent'")
     item_minutes = wh.query(
-        "SELECT anomaly_id AS item, minute FROM btc.ewma_anomalies UNION ALL "
-        "SELECT cluster_id AS item, minute FROM btc.coordinated_clusters")
+        "SELECT incident_id AS item, minute FROM btc.incidents")  # alerts are per incident
     minute_of_item = dict(zip(item_minutes["item"], item_minutes["minute"]))
     first_arrival_by_text: dict[str, float] = {}
     for arrived, text in arrivals:
@@ -413,18 +412,19 @@ def breakdown(m: AlertedMinute) -> dict[str, float | None]:
         "live run start-up (RUN_STARTING -> RUN_START)": _since(live.at("RUN_STARTING"), live.at("RUN_START")),
     }
     previous_end = live.at("RUN_START")
-    steps = ("btc__raw_transactions", "btc__minute_aggregates", "btc__ewma_anomalies") if alert is None else \
-        ("btc__raw_transactions", "btc__minute_aggregates", "btc__ewma_anomalies", "btc__coordinated_clusters")
+    steps = ("btc__raw_transactions", "btc__minute_aggregates", "btc__ewma_anomalies", "btc__coordinated_clusters",
+             "btc__transaction_forecast", "btc__incidents")
     for step in sorted((s for s in steps if s in live.steps), key=lambda s: live.steps[s][0]):
         start, end = live.steps[step]
         parts[f"  wait before {step.removeprefix('btc__')}"] = _since(previous_end, start)
         parts[f"  step {step.removeprefix('btc__')}"] = end - start
         previous_end = end
-    if alert is None:  # sent from the EWMA step of the live run
-        parts["in-run: ewma step end -> Slack received (negative: sent before the step ended)"] = _since(previous_end, m.delivered)
+    if alert is None:  # sent from the incidents step of the live run
+        parts["in-run: incidents step end -> Slack received (negative: sent before the step ended)"] = \
+            _since(previous_end, m.delivered)
         return parts
-    ewma_done = live.materialized.get("btc/ewma_anomalies")
-    parts["sensor (ewma stored -> alert run created)"] = _since(ewma_done, alert.created)
+    incidents_done = live.materialized.get("btc/incidents")
+    parts["sensor (incidents stored -> alert run created)"] = _since(incidents_done, alert.created)
     parts["alert run queued (created -> RUN_STARTING)"] = _since(alert.created, alert.at("RUN_STARTING"))
     parts["alert run start-up (RUN_STARTING -> RUN_START)"] = _since(alert.at("RUN_STARTING"), alert.at("RUN_START"))
     deliver = alert.steps.get("deliver_alert")
