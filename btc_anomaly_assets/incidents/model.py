@@ -120,14 +120,24 @@ def incident_severity(findings: list[dict]) -> tuple[str, str]:
     return severity, reason
 
 
-def select_transactions(findings: list[dict], raw: pd.DataFrame, explorer_url: str,
-                        limit: int = TRANSACTIONS_PER_INCIDENT) -> list[dict]:
-    """The transactions that carry an incident, from the raw rows of its minutes (``TX_COLUMNS``)."""
-    primary = primary_finding(findings)
-    minutes = {f["minute"] for f in findings}
+def rows_by_minute(raw: pd.DataFrame | None) -> dict[pd.Timestamp, pd.DataFrame]:
+    """The non-coinbase raw rows (``TX_COLUMNS``) of each minute, split once for all incidents."""
     if raw is None or raw.empty:
+        return {}
+    rows = raw[~raw["is_coinbase"].astype(bool)]
+    return {pd.Timestamp(minute): part for minute, part in rows.groupby("minute", sort=False)}
+
+
+def select_transactions(findings: list[dict], raw: pd.DataFrame | dict | None, explorer_url: str,
+                        limit: int = TRANSACTIONS_PER_INCIDENT) -> list[dict]:
+    """The transactions that carry an incident, from the raw rows of its minutes (``TX_COLUMNS``;
+    a frame, or ``rows_by_minute`` of one)."""
+    primary = primary_finding(findings)
+    by_minute = raw if isinstance(raw, dict) else rows_by_minute(raw)
+    parts = [by_minute[pd.Timestamp(m)] for m in sorted({f["minute"] for f in findings}) if pd.Timestamp(m) in by_minute]
+    if not parts:
         return []
-    rows = raw[raw["minute"].isin([pd.Timestamp(m) for m in minutes]) & ~raw["is_coinbase"].astype(bool)]
+    rows = pd.concat(parts) if len(parts) > 1 else parts[0]
     phenomenon = primary["phenomenon"]
     if primary["kind"] == KIND_CLUSTER:
         wanted = primary.get("member_hashes") or []
@@ -167,7 +177,7 @@ def _jsonable(finding: Mapping[str, Any]) -> dict:
     return out
 
 
-def build_incident(findings: list[dict], raw: pd.DataFrame | None, explorer_url: str = DEFAULT_EXPLORER_URL) -> dict:
+def build_incident(findings: list[dict], raw: pd.DataFrame | dict | None, explorer_url: str = DEFAULT_EXPLORER_URL) -> dict:
     """One ``INCIDENT_COLUMNS`` row from the findings of one group."""
     findings = sorted(findings, key=lambda f: (f["minute"], -severity_rank(f["severity"]), _phenomenon_rank(f["phenomenon"]),
                                                f["finding_id"]))
@@ -203,7 +213,8 @@ def build_incident(findings: list[dict], raw: pd.DataFrame | None, explorer_url:
 def build_incidents(findings: Iterable[dict], raw: pd.DataFrame | None = None, *,
                     explorer_url: str = DEFAULT_EXPLORER_URL, min_severity: str = MIN_INCIDENT_SEVERITY) -> pd.DataFrame:
     """Every incident of ``findings`` as an ``INCIDENT_COLUMNS`` frame, in time order."""
-    rows = [build_incident(group, raw, explorer_url) for group in group_findings(findings, min_severity=min_severity)]
+    by_minute = rows_by_minute(raw)
+    rows = [build_incident(group, by_minute, explorer_url) for group in group_findings(findings, min_severity=min_severity)]
     return pd.DataFrame(rows, columns=[c.name for c in INCIDENT_COLUMNS])
 
 
