@@ -32,7 +32,8 @@ WHALE = "2d9ab70a9d70a901c507161416245494913bc099b4ca5b99d0c694690c61fb31"
 
 def ewma(minute=T0, metric="log10_max_value_btc", value=4.29245844, baseline=2.37292159, severity="high", **extra):
     return {"anomaly_id": f"e-{metric}-{minute:%H%M}", "minute": pd.Timestamp(minute), "metric": metric, "value": value,
-            "baseline": baseline, "deviation": None if value is None else value - baseline, "scale": 0.31, "z_score": 6.2, "severity": severity,
+            "baseline": baseline, "deviation": None if value is None else value - baseline,
+            "scale": 0.31, "z_score": 6.2, "severity": severity,
             "rule": "ratio_to_baseline>=30x(83.1x)", "mode": "default", "time_basis": "block", "tx_count": 4133,
             "block_ids": [909770], **extra}
 
@@ -87,7 +88,8 @@ def test_consecutive_minutes_of_one_phenomenon_merge_but_never_across_an_hour():
     incidents = build_incidents(findings_from_rows(fee))
     assert incidents["incident_id"].tolist() == ["inc-20250813-0057", "inc-20250813-0100", "inc-20250813-0105"]
     assert incidents["minute_count"].tolist() == [3, 1, 1]
-    assert incidents["headline"].iloc[0] == "Median fee rate 39.8 sat/vB, 6.3x the usual 6.3 sat/vB, over 3 minutes (00:57-00:59 UTC)"
+    assert incidents["headline"].iloc[0] == \
+        "Median fee rate 39.8 sat/vB, 6.3x the usual 6.3 sat/vB, over 3 minutes (00:57-00:59 UTC)"
     # a different phenomenon in the next minute is its own incident
     mixed = findings_from_rows([ewma(minute=T0), ewma(minute=T0 + timedelta(minutes=1), metric="log10_p99_fee_rate_sat_vb",
                                                       value=2.0, baseline=1.0, severity="medium")])

@@ -1,11 +1,13 @@
-"""Which alert messages to send for a batch of anomaly-asset materializations (pure logic).
+"""Which alert messages to send for a batch of ``btc/incidents`` materializations (pure logic).
 
-The sensor turns materialization events into alert requests:
-- a run that materialized at most ``digest_threshold`` partitions of an asset gets one message
-  per flagged item (run key ``alert:<id>``: a re-materialization of the same minute produces the
-  same id, so Dagster never launches it twice);
-- a bigger run (a backfill) gets ONE digest message for all its flagged items (run key
-  ``digest:<run id>:<asset>``), never hundreds.
+The sensor turns materialization events into alert requests; an item is an incident:
+- a run that materialized at most ``digest_threshold`` partitions gets one message per incident
+  (run key ``alert:<incident id>``: a re-materialization of the same minute produces the same
+  id, so Dagster never launches it twice);
+- a bigger run (a backfill) gets ONE digest message for all its incidents (run key
+  ``digest:<run id>:incidents``), never hundreds;
+- what arrives later about an incident already alerted (an explanation, a higher severity) is a
+  follow-up (``plan_followups``), once per change.
 The alert job itself skips items already recorded as sent in ``btc.alerts``, so even a digest
 of a re-run backfill never repeats an alert: the delivery record is the final word.
 """

@@ -107,7 +107,8 @@ def _print_alerts(warehouse: Warehouse) -> None:
     print("alerted          : " + ", ".join(f"{n} {kind} message(s) {status} covering {int(items or 0)} incident(s) ({dest})"
                                             for status, kind, dest, n, items in alerts))
     sent = _table_rows(warehouse, "SELECT i.minute, i.severity, i.incident_id FROM btc.incidents i JOIN "
-                       "(SELECT DISTINCT unnest(item_ids) AS id FROM btc.alerts WHERE status = 'sent' AND kind IN ('single', 'digest')) a "
+                       "(SELECT DISTINCT unnest(item_ids) AS id FROM btc.alerts "
+                       "WHERE status = 'sent' AND kind IN ('single', 'digest')) a "
                        "ON a.id = i.incident_id ORDER BY i.minute", [])
     if sent:
         print("                   " + ", ".join(f"{m:%H:%M} {sev}" for m, sev, _ in sent))

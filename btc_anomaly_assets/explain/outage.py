@@ -62,7 +62,8 @@ def cooling_off(pending: pd.DataFrame, now: datetime) -> datetime | None:
 def pending_evidences(pending: pd.DataFrame, current: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Evidence of pending incidents not in ``current`` (a pending incident of this window uses its fresh evidence)."""
     seen = {e["anomaly_id"] for e in current}
-    return [json.loads(text) for anomaly_id, text in zip(pending["anomaly_id"], pending["evidence_json"]) if anomaly_id not in seen]
+    return [json.loads(text) for anomaly_id, text in zip(pending["anomaly_id"], pending["evidence_json"])
+            if anomaly_id not in seen]
 
 
 def next_pending(previous: pd.DataFrame, owed: Mapping[str, tuple[dict, str, bool]], answered: set[str],

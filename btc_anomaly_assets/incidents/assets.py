@@ -90,7 +90,8 @@ def incidents(context: dg.AssetExecutionContext, warehouse: WarehouseResource, l
     ewma = wh.read_window("ewma_anomalies", EWMA_ANOMALY_COLUMNS, regroup_from, end)
     clusters = wh.read_window("coordinated_clusters", COORDINATED_CLUSTER_COLUMNS, regroup_from, end)
     excursions = wh.read_window("forecast_excursions", FORECAST_EXCURSION_COLUMNS, regroup_from, end)
-    aggregates = wh.read_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS, start - timedelta(minutes=BLOCK_HISTORY_MINUTES), end)
+    aggregates = wh.read_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS,
+                                start - timedelta(minutes=BLOCK_HISTORY_MINUTES), end)
     raw = read_raw_window(lake.raw_transactions_path, regroup_from, end, columns=TX_COLUMNS)
 
     findings = findings_from_rows(ewma.to_dict("records"), clusters.to_dict("records"))

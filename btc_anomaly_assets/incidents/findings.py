@@ -300,7 +300,8 @@ def finding_from_excursion_row(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def findings_from_rows(ewma: Iterable[Mapping[str, Any]] = (), clusters: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+def findings_from_rows(ewma: Iterable[Mapping[str, Any]] = (),
+                       clusters: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Findings for every EWMA and cluster row above ``info`` that was scored (``not_scored`` rows are no finding)."""
     found = []
     for row in ewma:
