@@ -238,9 +238,9 @@ def test_every_sent_alert_reached_slack_once(concurrent_runs):
     assert len(concurrent_runs["slack"]) == by_status.get("sent", 0) >= 1
 
 
-def test_the_live_minute_sent_its_own_ewma_alerts_from_inside_its_run(concurrent_runs):
+def test_the_live_minute_sent_its_own_incident_alert_from_inside_its_run(concurrent_runs):
     wh = concurrent_runs["wh"]
     singles = wh.query(
-        "SELECT a.alert_id, e.minute FROM btc.alerts a JOIN btc.ewma_anomalies e ON e.anomaly_id = a.item_ids[1] "
+        "SELECT a.alert_id, i.minute FROM btc.alerts a JOIN btc.incidents i ON i.incident_id = a.item_ids[1] "
         "WHERE a.kind = 'single' AND a.status = 'sent'")
     assert len(singles) >= 1 and {str(m) for m in singles["minute"]} == {"2025-08-13 02:19:00"}
