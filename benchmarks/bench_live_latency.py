@@ -60,7 +60,7 @@ def stage_times(session: LiveSession) -> dict[str, list[float]]:
     """Per measured minute, seconds after the minute close (None-free lists)."""
     stages: dict[str, list[float]] = {k: [] for k in (
         "last row of the minute landed", "live run created (schedule tick)", "live run started (RUN_START)",
-        "raw_transactions materialized", "ewma_anomalies materialized", "live run ended", "landed -> raw materialized")}
+        "raw_transactions materialized", "ewma_anomalies materialized", "incidents materialized", "live run ended", "landed -> raw materialized")}
     for minute in session.measured:
         close = utc_timestamp(minute + timedelta(minutes=1))
         landed = [session.landed_at[h] for h, m in session.first_seen_minute.items() if m == minute and h in session.landed_at]
@@ -79,6 +79,8 @@ def stage_times(session: LiveSession) -> dict[str, list[float]]:
                 stages["landed -> raw materialized"].append(raw - max(landed))
         if run.materialized.get("btc/ewma_anomalies"):
             stages["ewma_anomalies materialized"].append(run.materialized["btc/ewma_anomalies"] - close)
+        if run.materialized.get("btc/incidents"):  # a live minute's alert leaves from this step
+            stages["incidents materialized"].append(run.materialized["btc/incidents"] - close)
         if run.end:
             stages["live run ended"].append(run.end - close)
     return stages

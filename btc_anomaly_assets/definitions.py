@@ -15,6 +15,8 @@ from btc_anomaly_assets.detection.resources import DetectionSettings
 from btc_anomaly_assets.explain.assets import anomaly_explanations
 from btc_anomaly_assets.explain.resources import ExplainerResource
 from btc_anomaly_assets.forecast.assets import transaction_forecast
+from btc_anomaly_assets.incidents.assets import incidents
+from btc_anomaly_assets.incidents.resources import IncidentSettings
 from btc_anomaly_assets.ingest.assets import raw_transactions
 from btc_anomaly_assets.ingest.resources import TransactionSource
 from btc_anomaly_assets.live.schedules import build_live_automation
@@ -45,6 +47,7 @@ def build_resources() -> dict:
             daily_token_budget=int(settings.env_value("BTC_CLAUDE_DAILY_TOKEN_BUDGET")),
             batch_threshold=int(settings.env_value("BTC_CLAUDE_BATCH_THRESHOLD")),
         ),
+        "incident_settings": IncidentSettings(explorer_url=env("BTC_EXPLORER_URL")),
         "alerts": AlertDestinationResource(
             webhook_url=env("SLACK_WEBHOOK_URL"),
             bot_token=env("SLACK_BOT_TOKEN"),
@@ -60,7 +63,8 @@ def build_resources() -> dict:
     }
 
 
-ALL_ASSETS = [raw_transactions, minute_aggregates, ewma_anomalies, coordinated_clusters, anomaly_explanations, transaction_forecast]
+ALL_ASSETS = [raw_transactions, minute_aggregates, ewma_anomalies, coordinated_clusters, transaction_forecast, incidents,
+              anomaly_explanations]
 
 pipeline_job = dg.define_asset_job(
     "btc_pipeline",

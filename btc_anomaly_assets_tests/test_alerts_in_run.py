@@ -1,7 +1,8 @@
-"""The live path: a minute's EWMA alerts leave from inside its run, once, and only when its checks pass.
+"""The live path: a minute's incidents are alerted from inside its run, once, and only when the checks pass.
 
-The real ``btc/ewma_anomalies`` asset runs on minute aggregates of the real 13 Aug blocks (DuckDB
-reference aggregation); 00:18 holds the 19,600 BTC transfer, graded ``high``.
+The real ``btc/ewma_anomalies`` and ``btc/incidents`` assets run on minute aggregates of the real
+13 Aug blocks (DuckDB reference aggregation) and their raw lake; 00:18 holds the 19,600 BTC
+transfer, one ``high`` incident.
 """
 
 import dagster as dg
@@ -11,13 +12,16 @@ import pytest
 from btc_anomaly_assets.alerts.destinations import read_outbox
 from btc_anomaly_assets.alerts.resources import AlertDestinationResource
 from btc_anomaly_assets.alerts.sensors import ALERTS_TABLE, evaluate_alert_sensor
-from btc_anomaly_assets.common.resources import WarehouseResource
+from btc_anomaly_assets.common.lake import write_raw_window
+from btc_anomaly_assets.common.resources import LakeResource, WarehouseResource
 from btc_anomaly_assets.common.schema import MINUTE_AGGREGATE_COLUMNS
 from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.detection import assets as detectors
 from btc_anomaly_assets.detection.assets import ewma_anomalies
 from btc_anomaly_assets.detection.resources import DetectionSettings
-from btc_anomaly_testing.real_data import DAY13_WINDOW, minute_aggregates, real_raw
+from btc_anomaly_assets.incidents.assets import incidents
+from btc_anomaly_assets.incidents.resources import IncidentSettings
+from btc_anomaly_testing.real_data import DAY13_WINDOW, minute_aggregates, raw_in, real_raw
 
 WHALE_MINUTE = "2025-08-13-00:18"
 
@@ -28,6 +32,8 @@ def live(tmp_path):
     start, end = DAY13_WINDOW
     Warehouse(warehouse.path).replace_window("minute_aggregates", MINUTE_AGGREGATE_COLUMNS,
                                              minute_aggregates(real_raw(), start, end), start, end)
+    lake = LakeResource(url=str(tmp_path / "lake"))
+    write_raw_window(lake.raw_transactions_path, raw_in(real_raw(), start, end), start, end)
     with dg.instance_for_test() as instance:
         yield instance, warehouse, tmp_path
 
@@ -37,12 +43,14 @@ def _alerts(tmp_path, **overrides) -> AlertDestinationResource:
 
 
 def _materialize(instance, warehouse, alerts, **selection):
-    return dg.materialize([ewma_anomalies], instance=instance, raise_on_error=False,
-                          resources={"warehouse": warehouse, "alerts": alerts, "detection": DetectionSettings()}, **selection)
+    lake = LakeResource(url=str(alerts.outbox_path).rsplit("/", 1)[0] + "/lake")
+    return dg.materialize([ewma_anomalies, incidents], instance=instance, raise_on_error=False,
+                          resources={"warehouse": warehouse, "alerts": alerts, "detection": DetectionSettings(), "lake": lake,
+                                     "incident_settings": IncidentSettings()}, **selection)
 
 
 def _metadata(result) -> dict:
-    materialization = result.asset_materializations_for_node(ewma_anomalies.op.name)[0]  # one per partition, same metadata
+    materialization = result.asset_materializations_for_node(incidents.op.name)[0]  # one per partition, same metadata
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
@@ -53,21 +61,23 @@ def test_a_live_minute_alerts_from_inside_its_run_and_the_sensor_sends_nothing_m
     assert result.success
 
     wh = Warehouse(warehouse.path)
-    flagged = wh.query("SELECT anomaly_id, severity FROM btc.ewma_anomalies WHERE severity IN ('medium', 'high') ORDER BY anomaly_id")
-    assert "high" in flagged["severity"].tolist()
+    flagged = wh.query("SELECT incident_id, severity FROM btc.incidents WHERE severity IN ('medium', 'high') ORDER BY incident_id")
+    assert flagged["incident_id"].tolist() == ["inc-20250813-0018"] and flagged["severity"].tolist() == ["high"]
+    assert len(wh.query("SELECT * FROM btc.ewma_anomalies WHERE severity IN ('medium', 'high')")) == 2  # two metrics, one event
     outbox = read_outbox(alerts.outbox_path)
-    assert len(outbox) == len(flagged) and any("HIGH" in line["payload"]["text"].upper() for line in outbox)
+    assert len(outbox) == 1 and outbox[0]["payload"]["text"].startswith("[high] 19,609 BTC moved in one transaction")
+    assert "https://mempool.space/tx/2d9ab70a" in outbox[0]["payload"]["text"]
     sent = wh.query(f"SELECT alert_id, kind, status, item_ids FROM btc.{ALERTS_TABLE} ORDER BY alert_id")
     assert set(sent["status"]) == {"sent"} and set(sent["kind"]) == {"single"}
-    assert sent["alert_id"].tolist() == [f"alert:{i}" for i in flagged["anomaly_id"]]
-    assert [list(items) for items in sent["item_ids"]] == [[i] for i in flagged["anomaly_id"]]
-    assert _metadata(result)["alerts_in_run"] == f"{len(flagged)} sent"
+    assert sent["alert_id"].tolist() == [f"alert:{i}" for i in flagged["incident_id"]]
+    assert [list(items) for items in sent["item_ids"]] == [[i] for i in flagged["incident_id"]]
+    assert _metadata(result)["alerts_in_run"] == "1 sent"
 
     requests, _ = evaluate_alert_sensor(instance, None, warehouse, alerts)
     assert requests == []  # already delivered: no alert run is launched at all
 
     again = _materialize(instance, warehouse, alerts, partition_key=WHALE_MINUTE)
-    assert _metadata(again)["alerts_in_run"] == f"{len(flagged)} already_sent"
+    assert _metadata(again)["alerts_in_run"] == "1 already_sent"
     assert len(read_outbox(alerts.outbox_path)) == len(flagged)
 
 
@@ -109,6 +119,7 @@ def test_a_minute_failing_a_blocking_check_alerts_nothing(live, monkeypatch):
     assert checks == {"every_minute_scored_once": True, "z_scores_finite": False}
     assert not (tmp_path / "outbox.jsonl").exists()
     assert not Warehouse(warehouse.path).table_exists(ALERTS_TABLE)
+    assert not result.asset_materializations_for_node(incidents.op.name)  # the incidents step never ran
 
 
 def test_on_off_settings_are_validated(monkeypatch):

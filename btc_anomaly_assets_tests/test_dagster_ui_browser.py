@@ -57,6 +57,7 @@ GRAPH_ASSETS = {
     "btc/minute_aggregates": "aggregates",
     "btc/ewma_anomalies": "detection",
     "btc/coordinated_clusters": "detection",
+    "btc/incidents": "detection",
     "btc/anomaly_explanations": "explain",
     "btc/transaction_forecast": "forecast",
 }

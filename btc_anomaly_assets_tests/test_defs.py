@@ -18,6 +18,7 @@ EXPECTED_GROUPS = {
     "btc/minute_aggregates": "aggregates",
     "btc/ewma_anomalies": "detection",
     "btc/coordinated_clusters": "detection",
+    "btc/incidents": "detection",
     "btc/anomaly_explanations": "explain",
     "btc/transaction_forecast": "forecast",
 }
@@ -50,7 +51,8 @@ def test_lineage_matches_the_documented_graph():
     assert parents["btc/minute_aggregates"] == {"btc/raw_transactions"}
     assert parents["btc/ewma_anomalies"] == {"btc/minute_aggregates"}
     assert "btc/raw_transactions" in parents["btc/coordinated_clusters"]
-    assert parents["btc/anomaly_explanations"] == {"btc/ewma_anomalies", "btc/coordinated_clusters"}
+    assert parents["btc/incidents"] >= {"btc/ewma_anomalies", "btc/coordinated_clusters", "btc/transaction_forecast"}
+    assert parents["btc/anomaly_explanations"] == {"btc/incidents"}
     assert "btc/minute_aggregates" in parents["btc/transaction_forecast"]
 
 

@@ -26,7 +26,7 @@ from btc_anomaly_assets.explain.claude_explainer import (
     make_explainer,
 )
 from btc_anomaly_assets.explain.evidence import evidence_from_cluster_row, evidence_from_ewma_row
-from btc_anomaly_assets.explain.prompt import ANOMALY_EXPLANATION_COLUMNS, EXPLANATION_SCHEMA, SYSTEM_PROMPT
+from btc_anomaly_assets.explain.prompt import ANOMALY_EXPLANATION_COLUMNS, EXPLANATION_SCHEMA, PROMPT_VERSION, SYSTEM_PROMPT
 from btc_anomaly_assets.explain.rules import RuleExplainer
 from btc_anomaly_testing.fakes.anthropic_server import (
     FAKE_API_KEY,
@@ -176,7 +176,7 @@ def test_success_sends_schema_and_facts_and_stores_the_parsed_answer(fake, serve
     assert list(row) == column_names(ANOMALY_EXPLANATION_COLUMNS)
     assert row["summary"] == f"fake-claude summary for {0:040x}"
     assert row["suspected_patterns"] == ["large_transfer"] and row["flag_for_investigation"] is True
-    assert (row["source"], row["model_id"], row["prompt_version"], row["api_calls"]) == ("claude", RESOLVED, "forensic-v1", 1)
+    assert (row["source"], row["model_id"], row["prompt_version"], row["api_calls"]) == ("claude", RESOLVED, PROMPT_VERSION, 1)
     assert row["content_hash"] == explainer.content_hash(ewma_evidence(0))
     assert row["input_tokens"] > 0 and row["output_tokens"] > 0
     assert row["estimated_cost_usd"] == pytest.approx((row["input_tokens"] * 1.0 + row["output_tokens"] * 5.0) / 1e6)

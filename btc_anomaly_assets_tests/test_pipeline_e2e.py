@@ -4,6 +4,7 @@ Resources are the project's own, pointed at a temp data dir; Spark is a classic 
 """
 
 import json
+import re
 from datetime import datetime
 
 import dagster as dg
@@ -18,20 +19,22 @@ from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.definitions import ALL_ASSETS, pipeline_job
 from btc_anomaly_assets.detection.resources import DetectionSettings
 from btc_anomaly_assets.explain.resources import ExplainerResource
+from btc_anomaly_assets.incidents.resources import IncidentSettings
 from btc_anomaly_assets.ingest.resources import TransactionSource
 
 START, END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
 RANGE_TAGS = {"dagster/asset_partition_range_start": "2025-08-13-00:00", "dagster/asset_partition_range_end": "2025-08-13-02:59"}
 
 
-def _resources(data_dir):
+def _resources(data_dir, explainer=None):
     return {
         "source": TransactionSource(source="sample"),
         "lake": LakeResource(url=str(data_dir / "lake")),
         "warehouse": WarehouseResource(path=str(data_dir / "warehouse.duckdb")),
         "pyspark": build_pyspark_resource("local[2]", None),
         "detection": DetectionSettings(),
-        "explainer": ExplainerResource(),
+        "explainer": explainer or ExplainerResource(),
+        "incident_settings": IncidentSettings(),
         "alerts": AlertDestinationResource(outbox_path=str(data_dir / "outbox.jsonl")),
     }
 
@@ -42,7 +45,8 @@ def _run(instance, resources):
 
 
 def _snapshot(wh: Warehouse) -> dict:
-    tables = ["minute_aggregates", "ewma_anomalies", "coordinated_clusters", "anomaly_explanations", "transaction_forecast"]
+    tables = ["minute_aggregates", "ewma_anomalies", "coordinated_clusters", "incidents", "anomaly_explanations",
+              "transaction_forecast"]
     return {t: len(wh.query(f"SELECT * FROM btc.{t}")) for t in tables}
 
 
@@ -114,13 +118,11 @@ def test_each_partition_carries_its_own_minute_figures_for_the_ui_plots(pipeline
     assert earlier["dagster/row_count"] == 0 and "forecast_mape_pct" not in earlier
 
 
-def test_every_flagged_item_has_exactly_one_rule_based_explanation(pipeline):
+def test_every_incident_has_exactly_one_rule_based_explanation(pipeline):
     wh = pipeline["wh"]
-    flagged = wh.query(
-        "SELECT anomaly_id AS id FROM btc.ewma_anomalies WHERE severity IN ('medium','high') "
-        "UNION ALL SELECT cluster_id FROM btc.coordinated_clusters WHERE severity IN ('medium','high')")
-    explained = wh.query("SELECT anomaly_id, source, status FROM btc.anomaly_explanations")
-    assert sorted(explained["anomaly_id"]) == sorted(flagged["id"])
+    flagged = wh.query("SELECT incident_id AS id FROM btc.incidents WHERE severity IN ('medium','high')")
+    explained = wh.query("SELECT anomaly_id, source, status, flag_for_investigation FROM btc.anomaly_explanations")
+    assert sorted(explained["anomaly_id"]) == sorted(flagged["id"])  # one verdict per real event, not per metric row
     assert set(explained["source"]) == {"rules"} and set(explained["status"]) == {"ok"}
 
 
@@ -131,17 +133,61 @@ def test_forecast_has_30_non_negative_steps(pipeline):
     assert str(forecast["cutoff"].iloc[0]) == "2025-08-13 03:00:00"
 
 
-def test_alerts_go_to_the_outbox_once(pipeline):
+def _deliver(instance, resources, ticks: int = 2):
     from btc_anomaly_assets.alerts.sensors import evaluate_alert_sensor, send_anomaly_alert
 
-    instance, resources = pipeline["instance"], pipeline["resources"]
-    for _ in range(2):  # a second tick (or a restarted sensor) delivers nothing new
+    for _ in range(ticks):  # a second tick (or a restarted sensor) delivers nothing new
         requests, _ = evaluate_alert_sensor(instance, None, resources["warehouse"], resources["alerts"])
         for request in requests:
             send_anomaly_alert.execute_in_process(instance=instance, run_config=request.run_config, tags=request.tags,
                                                   resources={"warehouse": resources["warehouse"], "alerts": resources["alerts"]})
+
+
+def alert_budget(wh: Warehouse, outbox: list[dict]) -> dict:
+    """What people received: incidents per message at medium or above, their minutes, and the texts."""
+    sent = wh.query("SELECT a.alert_id, a.kind, i.incident_id, i.minute, i.severity, i.top_tx_hash, i.top_tx_url "
+                    "FROM (SELECT alert_id, kind, unnest(item_ids) AS id FROM btc.alerts WHERE status = 'sent') a "
+                    "JOIN btc.incidents i ON i.incident_id = a.id ORDER BY i.minute")
+    return {"items": sent, "messages": len(outbox), "text": json.dumps([line["payload"] for line in outbox], ensure_ascii=False)}
+
+
+def test_the_bundled_hours_alert_one_item_per_real_event_in_words_a_person_can_act_on(pipeline):
+    instance, resources, wh = pipeline["instance"], pipeline["resources"], pipeline["wh"]
+    _deliver(instance, resources)
     outbox = read_outbox(pipeline["data_dir"] / "outbox.jsonl")
-    assert outbox and all("Digest" in line["payload"]["text"] for line in outbox)
-    alerted = {i for row in pipeline["wh"].query("SELECT item_ids FROM btc.alerts WHERE status = 'sent'")["item_ids"] for i in row}
-    text = json.dumps([line["payload"] for line in outbox])
-    assert "coordinated_clusters" in text and len(alerted) >= 5
+    budget = alert_budget(wh, outbox)
+    items = budget["items"]
+    medium_up = items[items["severity"].isin(["medium", "high"])]
+    assert len(medium_up) <= 4 and budget["messages"] == 1  # was 17 items in 3 messages (9 forecast artefacts)
+    minutes = [f"{m:%H:%M}" for m in medium_up["minute"]]
+    assert {"00:18", "02:19"} <= set(minutes) and len(minutes) == len(set(minutes)), minutes
+    text = budget["text"]
+    assert "log10" not in text and "n/a" not in text
+    for whale in ("00:18", "02:19"):
+        row = medium_up[[m == whale for m in minutes]].iloc[0]
+        assert row["top_tx_hash"] in text and f"https://mempool.space/tx/{row['top_tx_hash']}" in text
+    assert "19,609 BTC moved in one transaction" in text
+    for amount in re.findall(r"([\d,]+(?:\.\d+)?) BTC", text):  # every BTC figure is a real amount, none a log10 value
+        assert 0 < float(amount.replace(",", "")) <= 21_000_000 and float(amount.replace(",", "")) > 5, amount
+    assert len(wh.query("SELECT * FROM btc.alerts WHERE status = 'failed'")) == 0  # a re-run's digest is 'skipped'
+
+
+def test_with_claude_answering_529_to_everything_the_graph_succeeds_and_the_alerts_go_out(tmp_path):
+    from btc_anomaly_testing.fakes.anthropic_server import FAKE_API_KEY, FakeAnthropic
+
+    fake = FakeAnthropic(outage_status=529)  # the model check included, no Retry-After: the client's own backoff
+    with fake.serve() as server, dg.instance_for_test() as instance:
+        resources = _resources(tmp_path, ExplainerResource(api_key=FAKE_API_KEY, base_url=server.url))
+        result = _run(instance, resources)
+        assert result.success, "an explainer outage must never fail the run"
+        _deliver(instance, resources)
+    wh = Warehouse(resources["warehouse"].path)
+    explained = wh.query("SELECT anomaly_id, source, summary FROM btc.anomaly_explanations ORDER BY anomaly_id")
+    owed = wh.query("SELECT anomaly_id, outage FROM btc.claude_pending_explanations ORDER BY anomaly_id")
+    assert len(explained) >= 2 and set(explained["source"]) == {"rules"}
+    assert explained["summary"].str.startswith("[rule-based]").all()
+    assert owed["anomaly_id"].tolist() == explained["anomaly_id"].tolist() and owed["outage"].all()
+    outbox = read_outbox(tmp_path / "outbox.jsonl")
+    budget = alert_budget(wh, outbox)
+    assert budget["messages"] == 1 and {"00:18", "02:19"} <= {f"{m:%H:%M}" for m in budget["items"]["minute"]}
+    assert "Explanation (rule-based)" in budget["text"] and FAKE_API_KEY not in budget["text"]

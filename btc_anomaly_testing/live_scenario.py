@@ -110,17 +110,16 @@ def _drain(home: Path, measured: list[datetime], dev, drain_seconds: float) -> N
 
 
 def _whale_posts(warehouse: Path, whale_minutes, arrivals) -> dict[datetime, list[int]]:
-    """Per whale minute: for each alert covering a value anomaly of that minute, how many times it was
-    posted to Slack (1 = delivered once; the project alerts each anomalous metric on its own)."""
+    """Per whale minute: for each alert covering that minute's incident, how many times it was posted to
+    Slack (1 = delivered once; alerts are per incident)."""
     import pandas as pd
 
     from btc_anomaly_assets.common.warehouse import Warehouse
 
     wh = Warehouse(str(warehouse))
     alerts = wh.query("SELECT text, item_ids FROM btc.alerts WHERE status = 'sent'")
-    value = wh.query("SELECT anomaly_id, minute FROM btc.ewma_anomalies WHERE severity <> 'info' "
-                     "AND metric IN ('log10_max_value_btc', 'log10_total_value_btc')")
-    minute_of = {i: pd.Timestamp(m).to_pydatetime() for i, m in zip(value["anomaly_id"], value["minute"])}
+    value = wh.query("SELECT incident_id, minute FROM btc.incidents WHERE severity IN ('medium', 'high')")
+    minute_of = {i: pd.Timestamp(m).to_pydatetime() for i, m in zip(value["incident_id"], value["minute"])}
     posts = {m: [] for m in whale_minutes}
     for text, item_ids in alerts.itertuples(index=False):
         for minute in {minute_of[i] for i in item_ids if i in minute_of} & set(posts):
@@ -136,8 +135,7 @@ def _read_results(home: Path, warehouse: Path, measured: list[datetime], arrival
 
     wh = Warehouse(str(warehouse))
     alerts = wh.query("SELECT text, item_ids FROM btc.alerts WHERE status = 'sent'")
-    items = wh.query("SELECT anomaly_id AS item, minute FROM btc.ewma_anomalies UNION ALL "
-                     "SELECT cluster_id AS item, minute FROM btc.coordinated_clusters")
+    items = wh.query("SELECT incident_id AS item, minute FROM btc.incidents")  # alerts are per incident
     minute_of = dict(zip(items["item"], items["minute"]))
     first_arrival: dict[str, float] = {}
     for arrived, text in arrivals:

@@ -33,10 +33,14 @@ class SlackMessage:
     text: str
     blocks: list[dict] = dataclass_field(default_factory=list)
     key: str | None = None
+    thread_ts: str | None = None  # post as a reply in this thread (bot destination; webhooks cannot thread)
 
     def payload(self) -> dict:
-        """The JSON body for a webhook or the ``text``/``blocks`` arguments of chat.postMessage."""
-        return {"text": self.text, "blocks": self.blocks}
+        """The JSON body for a webhook or the ``text``/``blocks`` (and ``thread_ts``) arguments of chat.postMessage."""
+        body = {"text": self.text, "blocks": self.blocks}
+        if self.thread_ts:
+            body["thread_ts"] = self.thread_ts
+        return body
 
 
 def enforce_block_limits(blocks: Sequence[Mapping[str, Any]]) -> list[dict]:

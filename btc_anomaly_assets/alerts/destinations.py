@@ -56,7 +56,10 @@ def message_payload(message: SlackMessage | Mapping[str, Any]) -> dict:
     blocks = payload.get("blocks") or []
     if not isinstance(blocks, list):
         raise ValueError(f"'blocks' must be a list, got {type(blocks).__name__}")
-    return {"text": text, "blocks": blocks}
+    body = {"text": text, "blocks": blocks}
+    if payload.get("thread_ts"):
+        body["thread_ts"] = str(payload["thread_ts"])
+    return body
 
 
 class OutboxDestination:

@@ -1,18 +1,23 @@
-"""Which alert messages to send for a batch of anomaly-asset materializations (pure logic).
+"""Which alert messages to send for a batch of ``btc/incidents`` materializations (pure logic).
 
-The sensor turns materialization events into alert requests:
-- a run that materialized at most ``digest_threshold`` partitions of an asset gets one message
-  per flagged item (run key ``alert:<id>``: a re-materialization of the same minute produces the
-  same id, so Dagster never launches it twice);
-- a bigger run (a backfill) gets ONE digest message for all its flagged items (run key
-  ``digest:<run id>:<asset>``), never hundreds.
+The sensor turns materialization events into alert requests; an item is an incident:
+- a run that materialized at most ``digest_threshold`` partitions gets one message per incident
+  (run key ``alert:<incident id>``: a re-materialization of the same minute produces the same
+  id, so Dagster never launches it twice);
+- a bigger run (a backfill) gets ONE digest message for all its incidents (run key
+  ``digest:<run id>:incidents``), never hundreds;
+- what arrives later about an incident already alerted (an explanation, a higher severity) is a
+  follow-up (``plan_followups``), once per change.
 The alert job itself skips items already recorded as sent in ``btc.alerts``, so even a digest
 of a re-run backfill never repeats an alert: the delivery record is the final word.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+
+from btc_anomaly_assets.common.schema import severity_rank
 
 DEFAULT_DIGEST_THRESHOLD = 5
 
@@ -26,14 +31,14 @@ def single_alert_id(item_id: str) -> str:
 class MaterializationEvent:
     storage_id: int
     run_id: str
-    asset: str  # "ewma_anomalies" | "coordinated_clusters" | "transaction_forecast"
+    asset: str  # "incidents" (alerted) or "anomaly_explanations" (follow-ups only)
     partition: str | None
 
 
 @dataclass
 class AlertRequest:
     run_key: str
-    kind: str  # "single" | "digest"
+    kind: str  # "single" | "digest" | "followup"
     asset: str
     item_ids: list[str] = field(default_factory=list)
     source_run_id: str = ""
@@ -71,3 +76,76 @@ def plan_alerts(
 def undelivered(requests: list[AlertRequest], already_sent: set[str]) -> list[AlertRequest]:
     """Requests that still have an item not yet sent (items alerted from inside a live run, say)."""
     return [r for r in requests if any(i not in already_sent for i in r.item_ids)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Follow-ups: what arrives later about an incident already alerted
+
+
+FIRST_MESSAGE_KINDS = ("single", "digest")
+
+
+@dataclass
+class Told:
+    """What the sent messages told about one incident so far, and the first message's Slack ts."""
+
+    first_alert_id: str
+    severity: str
+    explanation: str | None
+    slack_ts: str | None
+
+
+def told_state(sent_records: list[dict]) -> dict[str, Told]:
+    """Per incident, merged over its sent messages in the order they were created.
+
+    ``sent_records`` are ``btc.alerts`` rows with status ``sent`` (``alert_id``, ``kind``,
+    ``created_at``, ``slack_ts``, ``covers_json``); the first message of an incident (single or
+    digest) opens its entry, later ones (follow-ups) update it.
+    """
+    told: dict[str, Told] = {}
+    for record in sorted(sent_records, key=lambda r: (str(r.get("created_at")), str(r["alert_id"]))):
+        covers = json.loads(record.get("covers_json") or "{}")
+        for incident_id, said in covers.items():
+            if incident_id not in told:
+                if record["kind"] not in FIRST_MESSAGE_KINDS:
+                    continue
+                told[incident_id] = Told(record["alert_id"], said.get("severity") or "info", said.get("explanation"),
+                                         record.get("slack_ts") or None)
+                continue
+            entry = told[incident_id]
+            if said.get("severity") and severity_rank(said["severity"]) > severity_rank(entry.severity):
+                entry.severity = said["severity"]
+            if said.get("explanation"):
+                entry.explanation = said["explanation"]
+    return told
+
+
+def followup_changes(severity: str, explanation_hash: str | None, told: Told) -> list[str]:
+    """What is new since the incident was last told: a higher severity, an explanation not yet sent."""
+    changes = []
+    if severity_rank(severity) > severity_rank(told.severity):
+        changes.append(f"severity-{severity}")
+    if explanation_hash and explanation_hash != told.explanation:
+        changes.append(f"explanation-{explanation_hash[:12]}")
+    return changes
+
+
+def plan_followups(incidents: list[dict], told: dict[str, Told], *, min_severity: str) -> list[AlertRequest]:
+    """One follow-up per incident (at or above ``min_severity``) with something new to say.
+
+    ``incidents`` hold ``incident_id``, ``severity`` and ``explanation_hash`` (the content hash of
+    its current ok explanation, or None). The run key names the change, so each change is sent
+    once; an incident whose first message is not yet sent gets none (its first message, when
+    retried, is built with everything known by then).
+    """
+    floor = severity_rank(min_severity)
+    requests = []
+    for incident in incidents:
+        entry = told.get(incident["incident_id"])
+        if entry is None or severity_rank(incident["severity"]) < floor:
+            continue
+        changes = followup_changes(incident["severity"], incident.get("explanation_hash"), entry)
+        if changes:
+            requests.append(AlertRequest(f"followup:{incident['incident_id']}:{'+'.join(changes)}", "followup", "incidents",
+                                         [incident["incident_id"]]))
+    return requests

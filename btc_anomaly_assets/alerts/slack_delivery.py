@@ -311,6 +311,7 @@ class WebhookDestination(_HttpDestination):
         return redact_secrets(text.replace(self.__url, self.name))
 
     def _attempt(self, payload: dict) -> _Outcome:
+        # An incoming webhook cannot reply in a thread: a follow-up is sent as its own message that names the incident.
         response = self._client.send(text=payload["text"], blocks=payload.get("blocks") or None)
         body = (response.body or "").strip()
         if response.status_code == 200 and body == "ok":
@@ -364,7 +365,8 @@ class BotChannelDestination(_HttpDestination):
     def _attempt(self, payload: dict) -> _Outcome:
         try:
             response = self._client.chat_postMessage(
-                channel=self._channel, text=payload["text"], blocks=payload.get("blocks") or None
+                channel=self._channel, text=payload["text"], blocks=payload.get("blocks") or None,
+                thread_ts=payload.get("thread_ts"),
             )
         except SlackApiError as err:
             return self._api_error(err)

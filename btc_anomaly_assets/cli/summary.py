@@ -1,4 +1,4 @@
-"""The short human summary ``btc-anomaly demo`` prints: what was loaded and what was flagged."""
+"""The short human summary ``btc-anomaly demo`` prints: what was loaded, the incidents found, and what was alerted."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from datetime import datetime
 
 from btc_anomaly_assets.common import settings
 from btc_anomaly_assets.common.lake import raw_path, read_raw_window
+from btc_anomaly_assets.common.schema import SEVERITIES
 from btc_anomaly_assets.common.warehouse import Warehouse
-
-MEDIUM_OR_ABOVE = "('medium', 'high')"
+from btc_anomaly_assets.incidents.excursions import counted_excursions
 
 
 def _table_rows(warehouse: Warehouse, sql: str, params: list) -> list[tuple]:
@@ -34,34 +34,17 @@ def print_summary(start: datetime, end: datetime) -> None:
     if agg and agg[0][0]:
         print(f"minute aggregates: {agg[0][0]} minutes ({agg[0][2]} with transactions), {int(agg[0][1] or 0):,} transactions")
 
-    flagged = _table_rows(warehouse, "SELECT minute, metric, value, baseline, z_score, severity, rule FROM btc.ewma_anomalies "
-                          f"WHERE minute >= ? AND minute < ? AND severity IN {MEDIUM_OR_ABOVE} ORDER BY minute, metric", window)
-    counts = _table_rows(warehouse, "SELECT severity, count(*) FROM btc.ewma_anomalies WHERE minute >= ? AND minute < ? "
-                         "GROUP BY severity ORDER BY severity", window)
-    if counts:
-        print("EWMA anomalies   : " + ", ".join(f"{sev} {n}" for sev, n in counts))
-        for minute, metric, value, baseline, z, severity, rule in flagged:
-            z_text = f"z={z:.1f}" if z is not None and z == z else "z=n/a"
-            if metric.startswith("log10_"):  # amounts are scored on a log scale: show them in their units
-                metric, value, baseline = metric[len("log10_"):], 10 ** value, 10 ** baseline
-            print(f"  {minute:%H:%M} {severity:<6} {metric:<24} {value:,.6g} vs baseline {baseline:,.6g} ({z_text}) [{rule}]")
-
-    clusters = _table_rows(warehouse, "SELECT minute, pattern, tx_count, total_value_btc, severity, sample_tx_hash "
-                           "FROM btc.coordinated_clusters WHERE minute >= ? AND minute < ? "
-                           f"AND severity IN {MEDIUM_OR_ABOVE} ORDER BY minute", window)
-    total = _table_rows(warehouse, "SELECT count(*) FROM btc.coordinated_clusters WHERE minute >= ? AND minute < ?", window)
-    if total:
-        print(f"clusters         : {total[0][0]} in all, {len(clusters)} at medium or above")
-        for minute, pattern, n, value, severity, sample in clusters:
-            print(f"  {minute:%H:%M} {severity:<6} {pattern:<22} {n} tx, {value:,.4f} BTC, e.g. {sample[:16]}…")
+    _print_findings(warehouse, window)
+    _print_incidents(warehouse, window)
 
     explained = _table_rows(warehouse, "SELECT source, status, count(*) FROM btc.anomaly_explanations "
                             "WHERE minute >= ? AND minute < ? GROUP BY source, status ORDER BY source, status", window)
     if explained:
-        print("explanations     : " + ", ".join(f"{n} {status} ({source})" for source, status, n in explained))
-        for minute, summary in _table_rows(warehouse, "SELECT minute, summary FROM btc.anomaly_explanations "
-                                           "WHERE minute >= ? AND minute < ? AND status = 'ok' ORDER BY minute LIMIT 5", window):
-            print(f"  {minute:%H:%M} {summary}")
+        print("explanations     : " + ", ".join(f"{n} {status} ({source})" for source, status, n in explained)
+              + " - one per incident at medium or above")
+    pending = _table_rows(warehouse, "SELECT count(*), any_value(reason) FROM btc.claude_pending_explanations", [])
+    if pending and pending[0][0]:
+        print(f"                   {pending[0][0]} Claude explanation(s) pending (rule-based until then): {pending[0][1]}")
 
     forecast = _table_rows(warehouse, "SELECT cutoff, min(yhat), max(yhat), min(yhat_lower), max(yhat_upper), count(*), any_value(series) "
                            "FROM btc.transaction_forecast WHERE cutoff > ? AND cutoff <= ? GROUP BY cutoff ORDER BY cutoff DESC LIMIT 1",
@@ -71,6 +54,61 @@ def print_summary(start: datetime, end: datetime) -> None:
         print(f"forecast         : {steps} one-minute steps from {cutoff:%H:%M} of {series}: "
               f"yhat {lo:,.1f}..{hi:,.1f}, interval [{lower:,.1f}, {upper:,.1f}]")
 
-    alerts = _table_rows(warehouse, "SELECT status, kind, destination, count(*) FROM btc.alerts GROUP BY ALL ORDER BY ALL", [])
-    if alerts:
-        print("alerts           : " + ", ".join(f"{n} {kind} {status} ({dest})" for status, kind, dest, n in alerts))
+    _print_alerts(warehouse)
+
+
+def _print_findings(warehouse: Warehouse, window: list) -> None:
+    parts = []
+    for label, table in (("EWMA metrics", "ewma_anomalies"), ("clusters", "coordinated_clusters")):
+        counts = _table_rows(warehouse, f"SELECT severity, count(*) FROM btc.{table} WHERE minute >= ? AND minute < ? "
+                             "AND severity <> 'info' GROUP BY severity ORDER BY severity", window)
+        if counts:
+            parts.append(f"{label} " + ", ".join(f"{sev} {n}" for sev, n in _by_rank(counts)))
+    excursions = _table_rows(warehouse, "SELECT * FROM btc.forecast_excursions WHERE minute >= ? AND minute < ?", window)
+    if excursions:
+        frame = warehouse.query("SELECT * FROM btc.forecast_excursions WHERE minute >= ? AND minute < ?", window)
+        history = warehouse.query("SELECT * FROM btc.minute_aggregates WHERE minute < ? ORDER BY minute", window[1:])
+        counted, set_aside = counted_excursions(frame.to_dict("records"), history)
+        parts.append(f"forecast excursions {len(frame)} ({len(counted)} counted, {len(set_aside)} set aside: "
+                     "newest origin per minute, block arrival explains the rest)")
+    if parts:
+        print("findings         : " + "; ".join(parts))
+
+
+def _by_rank(counts: list[tuple]) -> list[tuple]:
+    return sorted(counts, key=lambda c: -SEVERITIES.index(c[0]) if c[0] in SEVERITIES else 0)
+
+
+def _print_incidents(warehouse: Warehouse, window: list) -> None:
+    rows = _table_rows(warehouse, "SELECT minute, end_minute, severity, headline, top_tx_hash, top_tx_url FROM btc.incidents "
+                       "WHERE minute >= ? AND minute < ? ORDER BY minute", window)
+    if not rows:
+        return
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    shown = [r for r in rows if r[2] in ("medium", "high")]
+    print(f"incidents        : {len(rows)} (" + ", ".join(f"{s} {counts[s]}" for s in reversed(SEVERITIES) if s in counts)
+          + f"); {len(shown)} at medium or above:")
+    for minute, end_minute, severity, headline, tx_hash, tx_url in shown:
+        span = f"{minute:%H:%M}" + (f"-{end_minute:%H:%M}" if end_minute > minute else "")
+        tx = f"  tx {tx_url}" if tx_hash else ""
+        print(f"  {span} {severity:<6} {headline}{tx}")
+    if len(rows) > len(shown):
+        print(f"  ({len(rows) - len(shown)} low incident(s) are stored and shown in the dashboard, not alerted)")
+
+
+def _print_alerts(warehouse: Warehouse) -> None:
+    alerts = _table_rows(warehouse, "SELECT status, kind, destination, count(*), sum(len(item_ids)) FROM btc.alerts "
+                         "WHERE asset = 'incidents' GROUP BY ALL ORDER BY ALL", [])
+    if not alerts:
+        print("alerted          : nothing (no incident at the alert severity)")
+        return
+    print("alerted          : " + ", ".join(f"{n} {kind} message(s) {status} covering {int(items or 0)} incident(s) ({dest})"
+                                            for status, kind, dest, n, items in alerts))
+    sent = _table_rows(warehouse, "SELECT i.minute, i.severity, i.incident_id FROM btc.incidents i JOIN "
+                       "(SELECT DISTINCT unnest(item_ids) AS id FROM btc.alerts "
+                       "WHERE status = 'sent' AND kind IN ('single', 'digest')) a "
+                       "ON a.id = i.incident_id ORDER BY i.minute", [])
+    if sent:
+        print("                   " + ", ".join(f"{m:%H:%M} {sev}" for m, sev, _ in sent))

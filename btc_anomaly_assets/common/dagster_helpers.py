@@ -17,6 +17,7 @@ EWMA_ANOMALIES = dg.AssetKey(["btc", "ewma_anomalies"])
 COORDINATED_CLUSTERS = dg.AssetKey(["btc", "coordinated_clusters"])
 ANOMALY_EXPLANATIONS = dg.AssetKey(["btc", "anomaly_explanations"])
 TRANSACTION_FORECAST = dg.AssetKey(["btc", "transaction_forecast"])
+INCIDENTS = dg.AssetKey(["btc", "incidents"])
 
 OWNERS = ["team:btc-anomaly"]
 DUCKDB_POOL = "duckdb"

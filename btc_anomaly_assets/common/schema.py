@@ -261,7 +261,7 @@ FORECAST_EXCURSION_COLUMNS: list[Column] = [
 # btc.alerts: the delivery record; one row per alert message (single or digest).
 ALERT_COLUMNS: list[Column] = [
     Column("alert_id", pa.string(), "Stable id of the message: the run key that requested it"),
-    Column("kind", pa.string(), "single | digest | run_failure"),
+    Column("kind", pa.string(), "single | digest | followup | run_failure"),
     Column("asset", pa.string(), "Asset whose items are alerted"),
     Column("item_ids", pa.list_(pa.string()), "anomaly_id / cluster_id values covered by the message"),
     Column("status", pa.string(), "sent | failed (failed ones are retried on a later sensor tick) | skipped"),
@@ -272,4 +272,7 @@ ALERT_COLUMNS: list[Column] = [
     Column("payload_json", pa.string(), "The Block Kit payload that was (or would be) posted"),
     Column("created_at", pa.timestamp("us"), "When the alert was first requested (naive UTC)"),
     Column("sent_at", pa.timestamp("us"), "When it was delivered (NULL until then)"),
+    Column("slack_ts", pa.string(), "Slack's ts of the posted message (bot token only): follow-ups thread under it"),
+    Column("thread_ts", pa.string(), "The thread a follow-up was posted in (NULL for a top-level message)"),
+    Column("covers_json", pa.string(), "What the message told per incident: severity and explanation content hash (JSON)"),
 ]

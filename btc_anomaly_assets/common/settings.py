@@ -60,6 +60,7 @@ SETTINGS: list[Setting] = [
     Setting("BTC_ALERT_MIN_SEVERITY", "medium", "Lowest severity that is alerted: `info`, `low`, `medium`, `high`"),
     Setting("BTC_ALERT_IN_RUN", "on", "`on`: a live minute's EWMA alerts are sent from inside its run (seconds sooner); `off`: only the alert sensor sends"),
     Setting("BTC_DAGSTER_PG_URL", None, "PostgreSQL URL for Dagster's run, event-log and schedule storage, e.g. `postgresql+psycopg2://user:pw@host:5432/dagster`; unset: SQLite in the Dagster home (secret)", secret=True),
+    Setting("BTC_EXPLORER_URL", "https://mempool.space", "Public block explorer linked from every incident's transactions (`{base}/tx/{hash}`)"),
     Setting("BTC_DAGSTER_UI_URL", "http://localhost:3000", "Dagster UI base URL used for links in alerts"),
     Setting("BTC_RUN_MODE", "backfill", "How `btc-anomaly demo`/`backfill` run: `backfill` (a Dagster backfill through the webserver and daemon, listed on Runs → Backfills) or `in-process` (one run in the CLI's process, about a minute sooner, no Backfills entry)"),
     Setting("BTC_LOG_LEVEL", "CRITICAL", "Console log level of `btc-anomaly` runs (`DEBUG` … `CRITICAL`); the full log is always in the Dagster instance"),

@@ -43,6 +43,7 @@ from btc_anomaly_assets.dashboard.figures import (
     tx_count_figure,
     zscore_heatmap_figure,
 )
+from btc_anomaly_assets.dashboard.incidents_view import TAB_INCIDENTS, incidents_layout, incidents_view
 from btc_anomaly_assets.dashboard.layout import _chips, audit_layout, detection_layout, overview_layout, page_layout
 from btc_anomaly_assets.dashboard.style import (
     BASIS_NOTES,
@@ -222,7 +223,8 @@ def create_app(
 
     @app.callback(Output("tab-content", "children"), Input("tabs", "value"))
     def render_tab(tab):
-        return {TAB_DETECTION: detection_layout, TAB_AUDIT: audit_layout}.get(tab, overview_layout)()
+        return {TAB_DETECTION: detection_layout, TAB_AUDIT: audit_layout, TAB_INCIDENTS: incidents_layout}.get(
+            tab, overview_layout)()
 
     @app.callback(Output("status-line", "children"), Output("table-chips", "children"),
                   Input("refresh", "n_intervals"), Input("window-hours", "value"))
@@ -256,6 +258,12 @@ def create_app(
     def forecast(_tick, hours):
         return reader.run(lambda wh: forecast_view(wh, hours),
                           lambda message: (message_figure(FORECAST_TITLE, message, height=400), ""))
+
+    @app.callback(Output("incidents-table", "data"), Output("incidents-count", "children"),
+                  Input("refresh", "n_intervals"), Input("window-hours", "value"), Input("anomaly-severity", "value"))
+    def incident_rows(_tick, hours, min_severity):
+        return reader.run(lambda wh: incidents_view(wh, window_for(wh, hours), min_severity),
+                          lambda message: (dash.no_update if reader.path.is_file() else [], message))
 
     @app.callback(Output("explanations-table", "data"), Output("explanations-count", "children"),
                   Input("refresh", "n_intervals"), Input("window-hours", "value"), Input("explanation-search", "value"))

@@ -520,3 +520,40 @@ def search_rows(frame: pd.DataFrame, text: str) -> pd.DataFrame:
         return frame
     hay = frame.astype(str).apply(lambda col: col.str.lower().str.contains(needle, regex=False))
     return frame[hay.any(axis=1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Incidents: the same rows the alerts are built from
+
+INCIDENTS = "incidents"
+INCIDENT_DISPLAY_COLUMNS = ["minute", "severity", "headline", "transaction", "explanation", "findings", "incident_id"]
+
+
+def incidents(wh: Reader, window: Window = Window(), min_severity: str = "low", limit: int = 2000) -> pd.DataFrame:
+    """Incidents in the window at or above ``min_severity``, newest first, ready to display
+    (``INCIDENT_DISPLAY_COLUMNS``): the top transaction as a markdown link to the block explorer,
+    the explanation's one-line summary, and how many findings the incident groups."""
+    presence = table_presence(wh, (INCIDENTS, ANOMALY_EXPLANATIONS))
+    if not presence[INCIDENTS]:
+        return pd.DataFrame(columns=INCIDENT_DISPLAY_COLUMNS)
+    cond, params = window.where()
+    explained = (f"(SELECT anomaly_id, summary FROM {SCHEMA}.{ANOMALY_EXPLANATIONS} WHERE status = 'ok')"
+                 if presence[ANOMALY_EXPLANATIONS] else "(SELECT NULL::VARCHAR AS anomaly_id, NULL::VARCHAR AS summary)")
+    stored = wh.query(
+        f"SELECT i.*, e.summary AS explanation FROM (SELECT * FROM {SCHEMA}.{INCIDENTS} WHERE {cond}) i "
+        f"LEFT JOIN {explained} e ON e.anomaly_id = i.incident_id "
+        f"WHERE i.severity IN {sql_in_list(_severity_list(min_severity))} ORDER BY i.minute DESC LIMIT {int(limit)}",
+        params,
+    )
+    if stored.empty:
+        return pd.DataFrame(columns=INCIDENT_DISPLAY_COLUMNS)
+    spans = zip(pd.to_datetime(stored["minute"]), pd.to_datetime(stored["end_minute"]))
+    return pd.DataFrame({
+        "minute": [f"{m:%Y-%m-%d %H:%M}" + (f"-{e:%H:%M}" if e > m else "") for m, e in spans],
+        "severity": stored["severity"],
+        "headline": stored["headline"],
+        "transaction": [f"[{h[:16]}…]({u})" if not is_null(h) else "" for h, u in zip(stored["top_tx_hash"], stored["top_tx_url"])],
+        "explanation": stored["explanation"].map(lambda v: "" if is_null(v) else str(v)),
+        "findings": stored["finding_count"].astype(int),
+        "incident_id": stored["incident_id"],
+    })

@@ -14,6 +14,7 @@ from btc_anomaly_assets.detection.config import (
 TAB_OVERVIEW, TAB_DETECTION, TAB_AUDIT = "overview", "detection", "audit"
 TAB_LABELS = {
     TAB_OVERVIEW: "Overview",
+    "incidents": "Incidents",
     TAB_DETECTION: "Detection & Forecasting",
     TAB_AUDIT: "Explanation audit trail",
 }

@@ -28,7 +28,7 @@ from btc_anomaly_assets.common.schema import Column
 from btc_anomaly_assets.common.utc import utc_now
 from btc_anomaly_assets.explain.evidence import KIND_CLUSTER, KIND_EWMA, canonical_json
 
-PROMPT_VERSION = "forensic-v1"
+PROMPT_VERSION = "forensic-v2"  # v2: one explanation per incident (all its findings and transactions)
 
 SUSPECTED_PATTERNS = (
     "mixing_coinjoin",
@@ -214,6 +214,10 @@ def render_user_message(evidence: Mapping[str, Any]) -> str:
         lines += _ewma_lines(evidence)
     elif evidence["anomaly_kind"] == KIND_CLUSTER:
         lines += _cluster_lines(evidence)
+    elif evidence["anomaly_kind"] == "incident":
+        from btc_anomaly_assets.explain.incident_evidence import incident_lines
+
+        lines += incident_lines(evidence)
     else:
         raise ValueError(f"unknown anomaly_kind {evidence['anomaly_kind']!r} in evidence {evidence['anomaly_id']}")
     price = evidence.get("usd_per_btc")
@@ -231,9 +235,8 @@ def render_user_message(evidence: Mapping[str, Any]) -> str:
 
 
 def _detector_name(evidence: Mapping[str, Any]) -> str:
-    if evidence["anomaly_kind"] == KIND_EWMA:
-        return "EWMA baseline on a per-minute metric"
-    return "coordinated-transaction pattern"
+    return {KIND_EWMA: "EWMA baseline on a per-minute metric", KIND_CLUSTER: "coordinated-transaction pattern"}.get(
+        evidence["anomaly_kind"], "incident (EWMA metrics, coordinated patterns and forecast excursions of the same minutes)")
 
 
 def _ewma_lines(e: Mapping[str, Any]) -> list[str]:
@@ -410,7 +413,7 @@ def explanation_row(
         "anomaly_id": evidence["anomaly_id"],
         "minute": minute,
         "anomaly_kind": evidence["anomaly_kind"],
-        "subject": evidence.get("metric") or evidence.get("pattern"),
+        "subject": evidence.get("metric") or evidence.get("pattern") or evidence.get("phenomenon"),
         "severity": evidence["severity"],
     }
     for name in ANSWER_FIELDS:

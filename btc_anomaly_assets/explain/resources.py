@@ -27,6 +27,22 @@ class ExplainerResource(dg.ConfigurableResource):
     batch_max_wait_seconds: float = Field(default=120.0, description="How long a run waits for a batch before resuming later")
     batch_poll_interval_seconds: float = Field(default=30.0, description="Seconds between polls of a running batch")
 
+    def build_degrading(self, cooling_off_until=None):
+        """(explainer, None), or (rule-based explainer, why) when Claude is unavailable right now.
+
+        Unavailable: a recent outage is still cooling off, or the start-up model check ran out of
+        retries (429/5xx/529, timeouts) or hit a spend limit. A configuration error still fails.
+        """
+        from btc_anomaly_assets.explain.outage import outage_errors
+        from btc_anomaly_assets.explain.rules import RuleExplainer
+
+        if cooling_off_until is not None:
+            return RuleExplainer(), f"Claude unavailable at the last attempt; not asked again before {cooling_off_until:%H:%M} UTC"
+        try:
+            return self.build(), None
+        except outage_errors() as exc:
+            return RuleExplainer(), f"Claude unavailable (start-up model check): {exc}"
+
     def build(self):
         from btc_anomaly_assets.explain.claude_explainer import ClaudeConfigError, make_explainer
 

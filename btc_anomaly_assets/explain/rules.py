@@ -39,7 +39,7 @@ from btc_anomaly_assets.explain.prompt import (
 )
 
 RULES_MODEL_ID = "rules-v1"
-RULES_VERSION = "rules-v1"  # rules have no prompt; the rule-set version stands in for it
+RULES_VERSION = "rules-v2"  # rules have no prompt; the rule-set version stands in for it (v2: per incident)
 
 UNUSUAL_Z = 3.0
 MEDIUM_Z = 4.0
@@ -416,6 +416,10 @@ def rule_based_answer(evidence: Mapping[str, Any]) -> dict[str, Any]:
         draft = _explain_ewma(evidence)
     elif kind == KIND_CLUSTER:
         draft = _explain_cluster(evidence)
+    elif kind == "incident":  # one answer per incident: its primary finding's, worded around the incident
+        from btc_anomaly_assets.explain.incident_evidence import incident_answer
+
+        return incident_answer(evidence)
     else:
         raise ValueError(f"unknown anomaly_kind {kind!r} in evidence {evidence.get('anomaly_id')}")
     return draft.finish(evidence)

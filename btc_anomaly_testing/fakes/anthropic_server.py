@@ -13,7 +13,8 @@ It answers the way the real API does where our code depends on it:
 - batches go ``in_progress`` -> ``ended`` after a configurable number of polls, and their results
   are JSONL keyed by ``custom_id`` (returned in reverse order, as order is not guaranteed).
 
-Tests script failures with ``fake.script_messages(...)`` (consumed one per /v1/messages call,
+``outage_status=529`` answers every request (model check included) with that error, as an outage
+does. Tests script failures with ``fake.script_messages(...)`` (consumed one per /v1/messages call,
 before the default answer) using the helpers ``error_reply``, ``truncated_answer``,
 ``raw_text_answer`` and ``valid_answer``.
 """
@@ -203,6 +204,9 @@ class FakeAnthropic:
     # custom_id -> "errored" | "expired" | "canceled" | ("errored", error_type) for batch results.
     batch_outcomes: dict[str, Any] = field(default_factory=dict)
     message_bodies: list[dict] = field(default_factory=list)
+    # When set (e.g. 529), every request is answered with that error, as during an API outage.
+    outage_status: int | None = None
+    outage_retry_after: str | None = None
     batches: dict[str, FakeBatch] = field(default_factory=dict)
     _script: deque = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -217,6 +221,10 @@ class FakeAnthropic:
 
     def __call__(self, request: Request) -> Reply:
         with self._lock:
+            if self.outage_status is not None:
+                kind = {529: "overloaded_error", 429: "rate_limit_error"}.get(self.outage_status, "api_error")
+                return error_reply(self.outage_status, kind, "Overloaded" if self.outage_status == 529 else "outage",
+                                   retry_after=self.outage_retry_after)
             problem = self._check_headers(request)
             if problem:
                 return problem

@@ -42,6 +42,7 @@ class ReceivedMessage:
     channel: str | None
     text: str | None
     blocks: list
+    thread_ts: str | None = None  # chat.postMessage: the parent message's ts when posted as a reply
 
 
 class FakeSlack:
@@ -180,7 +181,8 @@ class FakeSlack:
 
     def _accept(self, endpoint: str, channel: str | None, body: dict) -> None:
         with self._lock:
-            self.received.append(ReceivedMessage(endpoint, channel, body.get("text"), body.get("blocks") or []))
+            self.received.append(ReceivedMessage(endpoint, channel, body.get("text"), body.get("blocks") or [],
+                                                 body.get("thread_ts")))
 
     def _next_ts(self) -> str:
         return f"1755044280.{next(self._ts):06d}"
