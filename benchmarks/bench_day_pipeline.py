@@ -178,7 +178,7 @@ def duckdb_floor(lake: Path) -> tuple[float, int]:
     return elapsed, int(frame["tx_count"].sum())
 
 
-def one_run(label: str, tree: Path, dumps: Path, work: Path) -> Measurement:
+def one_run(label: str, tree: Path, dumps: Path, work: Path, pg_url: str | None = None) -> Measurement:
     m = Measurement(label)
     data = work / "data"
     env = {
@@ -190,9 +190,14 @@ def one_run(label: str, tree: Path, dumps: Path, work: Path) -> Measurement:
         "BTC_PARTITIONS_START": START_KEY,
         "BTC_PARTITIONS_END": END_KEY,
         "SPARK_MASTER": "local[2]",
+        # The graph's own cost, in one process (what the day's figures have always measured);
+        # BTC_RUN_MODE=backfill adds the daemon's fixed ~1 min and `dagster dev` to it.
+        "BTC_RUN_MODE": os.environ.get("BTC_RUN_MODE", "in-process"),
     }
-    for name in ("DAGSTER_HOME", "ANTHROPIC_API_KEY", "SPARK_REMOTE"):
+    for name in ("DAGSTER_HOME", "ANTHROPIC_API_KEY", "SPARK_REMOTE", "BTC_DAGSTER_PG_URL"):
         env.pop(name, None)
+    if pg_url:
+        env["BTC_DAGSTER_PG_URL"] = pg_url
     cmd = [sys.executable, "-m", "btc_anomaly_assets.cli.main", "backfill", START_KEY, END_KEY]
     launched = run_with_peak(cmd, env, tree, m)
     read_event_log(data / "dagster_home", launched, m)
@@ -249,6 +254,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="runs per configuration (default 1, or 3 with --compare)")
     parser.add_argument("--compare", metavar="REV", help="also run git revision REV's tree, alternating, and print the ratio")
     parser.add_argument("--keep", help="keep the data dirs here instead of a temp dir")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also run this tree with Dagster on a throwaway PostgreSQL server, alternating with SQLite")
     args = parser.parse_args()
     repeat = args.repeat or (3 if args.compare else 1)
 
@@ -258,25 +265,34 @@ def main() -> None:
     dumps.mkdir(exist_ok=True)
     day = synthetic_day(args.target_rows)
     write_dump(day, dumps)
-    configs = [("this tree", REPO)]
+    configs = [("this tree", REPO, None)]
+    server = None
+    if args.postgres:
+        from btc_anomaly_testing.postgres_server import PostgresServer
+
+        server = PostgresServer().start()
+        configs.append(("this-tree-on-postgres", REPO, "postgres"))
     if args.compare:  # this tree first: a failure shows before the baseline's minutes are spent
-        configs.append((f"baseline {args.compare}", extract_revision(args.compare, work / "baseline-tree")))
-    results: dict[str, list[Measurement]] = {label: [] for label, _ in configs}
+        configs.append((f"baseline {args.compare}", extract_revision(args.compare, work / "baseline-tree"), None))
+    results: dict[str, list[Measurement]] = {label: [] for label, _, _ in configs}
     for i in range(repeat):
-        for label, tree in configs:
+        for label, tree, storage in configs:
             run_dir = work / f"{label.split()[0]}-{i}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            results[label].append(one_run(label, tree, dumps, run_dir))
+            pg_url = server.sqlalchemy_url(server.new_database("day")) if storage == "postgres" else None
+            results[label].append(one_run(label, tree, dumps, run_dir, pg_url))
             with open(work / "measurements.jsonl", "a") as out:  # raw figures, one line per run
                 out.write(json.dumps({k: dict(v) if isinstance(v, Counter) else v for k, v in vars(results[label][-1]).items() if k != "output"}) + "\n")
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
     headline = {label: report(runs, len(day)) for label, runs in results.items()}
     if args.compare:
-        new, old = headline[configs[0][0]], headline[configs[1][0]]
+        new, old = headline[configs[0][0]], headline[configs[-1][0]]
         print(f"\nthis tree / baseline {args.compare} (medians, same machine, alternating runs): "
               + ", ".join(f"{k} {new[k] / old[k]:.2f}x" for k in ("wall", "cpu", "peak", "minute_aggregates")))
     print("\n--- command output of this tree's last run (tail) ---\n" + "\n".join(results[configs[0][0]][-1].output.strip().splitlines()[-8:]))
+    if server is not None:
+        server.stop()
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

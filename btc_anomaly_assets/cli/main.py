@@ -58,6 +58,9 @@ def run_range(start_key: str, end_key: str, title: str = "btc-anomaly backfill")
     run succeeded: it reads the tables this run has just rewritten for the range. A failed run
     prints what failed and where its log is, and nothing from any earlier run.
     """
+    from btc_anomaly_assets.common.utc import utc_now
+
+    began_at = utc_now()
     home = prepare_dagster_home()
     recovery.recover_dead_runs()  # fail the runs a killed btc-anomaly left STARTED, free their pool slots
     last_key = (datetime.strptime(end_key, settings.DATE_FMT) - timedelta(minutes=1)).strftime(settings.DATE_FMT)
@@ -86,7 +89,7 @@ def run_range(start_key: str, end_key: str, title: str = "btc-anomaly backfill")
         return 1
     from btc_anomaly_assets.cli.summary import print_summary
 
-    print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT))
+    print_summary(datetime.strptime(start_key, settings.DATE_FMT), datetime.strptime(end_key, settings.DATE_FMT), began_at)
     for line in notes:
         print(line)
     print(f"\n{head} succeeded in {elapsed:.1f} s.")

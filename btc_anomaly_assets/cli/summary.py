@@ -20,7 +20,8 @@ def _table_rows(warehouse: Warehouse, sql: str, params: list) -> list[tuple]:
         raise
 
 
-def print_summary(start: datetime, end: datetime) -> None:
+def print_summary(start: datetime, end: datetime, since: datetime | None = None) -> None:
+    """What the range holds now; ``since`` (naive UTC) limits the alerts line to what this command sent."""
     raw = read_raw_window(raw_path(settings.lake_url()), start, end)
     warehouse = Warehouse(settings.duckdb_path())
     window = [start, end]
@@ -54,7 +55,7 @@ def print_summary(start: datetime, end: datetime) -> None:
         print(f"forecast         : {steps} one-minute steps from {cutoff:%H:%M} of {series}: "
               f"yhat {lo:,.1f}..{hi:,.1f}, interval [{lower:,.1f}, {upper:,.1f}]")
 
-    _print_alerts(warehouse)
+    _print_alerts(warehouse, window, since)
 
 
 def _print_findings(warehouse: Warehouse, window: list) -> None:
@@ -98,17 +99,28 @@ def _print_incidents(warehouse: Warehouse, window: list) -> None:
         print(f"  ({len(rows) - len(shown)} low incident(s) are stored and shown in the dashboard, not alerted)")
 
 
-def _print_alerts(warehouse: Warehouse) -> None:
-    alerts = _table_rows(warehouse, "SELECT status, kind, destination, count(*), sum(len(item_ids)) FROM btc.alerts "
-                         "WHERE asset = 'incidents' GROUP BY ALL ORDER BY ALL", [])
-    if not alerts:
-        print("alerted          : nothing (no incident at the alert severity)")
+def _print_alerts(warehouse: Warehouse, window: list, since: datetime | None) -> None:
+    """What this command alerted for the window (messages created since ``since``), and what earlier runs had."""
+    incidents = {r[0]: (r[1], r[2]) for r in _table_rows(
+        warehouse, "SELECT incident_id, minute, severity FROM btc.incidents WHERE minute >= ? AND minute < ?", window)}
+    rows = _table_rows(warehouse, "SELECT status, kind, destination, item_ids, created_at FROM btc.alerts "
+                       "WHERE asset = 'incidents'", [])
+    rows = [r for r in rows if set(r[3] or []) & set(incidents)]
+    mine = [r for r in rows if since is None or (r[4] is not None and r[4] >= since)]
+    if not mine:
+        earlier = {i for r in rows if r[0] == "sent" for i in (r[3] or []) if i in incidents}
+        print("alerted          : nothing new" + (f" ({len(earlier)} incident(s) of this window were alerted by earlier "
+                                                  "runs; each alert goes out once)" if earlier else
+                                                  " (no incident at the alert severity)"))
         return
-    print("alerted          : " + ", ".join(f"{n} {kind} message(s) {status} covering {int(items or 0)} incident(s) ({dest})"
-                                            for status, kind, dest, n, items in alerts))
-    sent = _table_rows(warehouse, "SELECT i.minute, i.severity, i.incident_id FROM btc.incidents i JOIN "
-                       "(SELECT DISTINCT unnest(item_ids) AS id FROM btc.alerts "
-                       "WHERE status = 'sent' AND kind IN ('single', 'digest')) a "
-                       "ON a.id = i.incident_id ORDER BY i.minute", [])
+    counts: dict[tuple, list] = {}
+    for status, kind, destination, items, _ in mine:
+        entry = counts.setdefault((status, kind, destination), [0, set()])
+        entry[0] += 1
+        entry[1].update(i for i in items or [] if i in incidents)
+    print("alerted          : " + ", ".join(f"{n} {kind} message(s) {status} covering {len(ids)} incident(s) ({dest})"
+                                            for (status, kind, dest), (n, ids) in sorted(counts.items())))
+    sent = sorted({i for (status, kind, _), (_, ids) in counts.items() if status == "sent" and kind in ("single", "digest")
+                   for i in ids}, key=lambda i: incidents[i][0])
     if sent:
-        print("                   " + ", ".join(f"{m:%H:%M} {sev}" for m, sev, _ in sent))
+        print("                   " + ", ".join(f"{incidents[i][0]:%H:%M} {incidents[i][1]}" for i in sent))
