@@ -24,7 +24,7 @@ from btc_anomaly_testing import fault_scenarios as faults  # noqa: E402
 from btc_anomaly_testing.faults import STEPS, TABLE_HEADER  # noqa: E402
 
 ALL = ("sigkill", "claude-down", "slack-down", "blockchair-430", "blockchair-503", "corrupt-lake", "locked-duckdb",
-       "disk-full")
+       "disk-full", "collector-disconnect")
 
 
 def main() -> int:
@@ -47,6 +47,7 @@ def main() -> int:
             "corrupt-lake": lambda: [faults.corrupt_lake_file(root, ref, census)],
             "locked-duckdb": lambda: [faults.locked_duckdb(root, ref, census)],
             "disk-full": lambda: [faults.disk_full(root, ref, census)],
+            "collector-disconnect": lambda: [faults.collector_disconnect(root)],
             "sigkill": lambda: [faults.sigkill(root, ref, census, step) for step in args.steps.split(",") if step],
         }
         lines = [TABLE_HEADER]

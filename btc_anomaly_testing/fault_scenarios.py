@@ -150,3 +150,74 @@ def disk_full(root: Path, ref: Scenario, ref_census: Census, size: str = "200k")
     notes = [f"first run {'failed' if first.returncode else 'succeeded'}; "
              f"{len(half_written)} unreadable file(s) while full"]
     return compare("disk full while writing the lake", scenario, ref_census, scenario.census(), notes)
+
+
+def collector_disconnect(root: Path, pushed: int = 360, outage_seconds: float = 3.0) -> Outcome:
+    """`btc-anomaly collect` against the loopback mempool.space: the feed drops mid-stream and
+    refuses reconnects for a while, transactions keep arriving (some mined) while it is down;
+    then the collector reconnects and re-fills the gap over REST. Counted: every pushed
+    transaction landed exactly once, and the gap is recorded as data."""
+    import json as _json
+    import os
+    from datetime import timedelta
+
+    from btc_anomaly_assets.common.settings import SETTINGS
+    from btc_anomaly_assets.common.utc import utc_now
+    from btc_anomaly_assets.live.landing import landing_root, read_landing_window, read_state
+    from btc_anomaly_testing.fakes.mempool_space_server import FakeMempoolSpace, esplora_tx, real_rows
+    from btc_anomaly_testing.faults import RunRecord
+
+    txs = [esplora_tx(r) for r in real_rows(pushed, offset=3000)]
+    third = pushed // 3
+    data = root / "collector-disconnect"
+    data.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in {s.name for s in SETTINGS}}
+    began = time.monotonic()
+    with FakeMempoolSpace() as fake:
+        env.update(BTC_SOURCE="mempool-space", BTC_MEMPOOL_WS_URL=fake.ws_url, BTC_MEMPOOL_API_URL=fake.api_url,
+                   BTC_DATA_DIR=str(data))
+        process = subprocess.Popen([sys.executable, "-m", "btc_anomaly_assets.cli.main", "collect", "--seconds", "40"],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait(lambda: fake.subscribers() == 1, 90, "the collector's subscription")
+        for i in range(0, third, 20):
+            fake.push(added=txs[i:i + 20])
+        time.sleep(1.0)
+        fake.refuse_connections(True)
+        fake.drop_connections()
+        fake.push(added=txs[third:2 * third])  # while the collector is away
+        fake.mine([t["txid"] for t in txs[third:third + third // 2]])
+        time.sleep(outage_seconds)
+        fake.refuse_connections(False)
+        _wait(lambda: fake.subscribers() == 1, 60, "the collector's reconnect")
+        for i in range(2 * third, pushed, 20):
+            fake.push(added=txs[i:i + 20])
+        fake.push(added=txs[:5])  # already seen: must not land twice
+        out, err = process.communicate(timeout=120)
+    record = RunRecord("collect 40 s, feed dropped and refused for "
+                       f"{outage_seconds:.0f} s", process.returncode, time.monotonic() - began, out + err)
+    now = utc_now()
+    lake = str(data / "lake")
+    landed = list(read_landing_window(lake, "mempool-space", now - timedelta(minutes=15), now + timedelta(minutes=2),
+                                      now).frame["hash"])
+    expected = {t["txid"] for t in txs}
+    gaps = read_state(landing_root(lake, "mempool-space"), "mempool-space").gaps
+    reasons = sorted({g.reason for g in gaps})
+    try:
+        figures = _json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        figures = {}
+    notes = [f"{len(gaps)} gap(s) recorded ({', '.join(reasons)})", f"landed {len(set(landed))} of {len(expected)}",
+             f"collector figures: {figures}" if figures else "no figures line"]
+    lost = len(expected - set(landed))
+    duplicated = len(landed) - len(set(landed))
+    return Outcome("collector disconnect (WebSocket dropped, reconnects refused)", [record], lost, duplicated, 0, 0, 0,
+                   notes)
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
