@@ -27,7 +27,8 @@ from btc_anomaly_testing.postgres_server import PostgresServer
 def _demo(pg_url: str | None) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BTC_", "SLACK_", "SPARK_", "ANTHROPIC_", "DAGSTER_"))}
-        env.update(BTC_DATA_DIR=tmp, BTC_SOURCE="sample", SPARK_MASTER="local[1]", PYTHONPATH=str(REPO))
+        env.update(BTC_DATA_DIR=tmp, BTC_SOURCE="sample", SPARK_MASTER="local[1]", PYTHONPATH=str(REPO),
+                   BTC_RUN_MODE=os.environ.get("BTC_RUN_MODE", "in-process"))
         if pg_url:
             env["BTC_DAGSTER_PG_URL"] = pg_url
         began = time.monotonic()

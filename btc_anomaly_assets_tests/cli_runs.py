@@ -31,6 +31,7 @@ def cli_environment(tmp_path: Path, pg_url: str | None = None, **extra: str) -> 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("BTC_", "SLACK_", "SPARK_", "BLOCKCHAIR_", "ANTHROPIC_", "DAGSTER_"))}
     env.update(BTC_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "data" / "dagster_home"), BTC_SOURCE="sample",
+               BTC_RUN_MODE="in-process",  # the run in the CLI's own process: a SIGKILL of it kills the run
                SPARK_MASTER="local[1]", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                **extra)
     if pg_url:

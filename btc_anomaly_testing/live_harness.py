@@ -230,7 +230,8 @@ def run_history_backfill(env: dict[str, str], start: datetime, end: datetime, lo
     began = time.monotonic()
     with open(log, "wb") as stream:
         done = subprocess.run([sys.executable, "-m", "btc_anomaly_assets.cli.main", "backfill", start.strftime(KEY_FORMAT),
-                               end.strftime(KEY_FORMAT)], cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
+                               end.strftime(KEY_FORMAT)], cwd=REPO, env={**env, "BTC_RUN_MODE": "in-process"},
+                              stdout=stream, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise RuntimeError(f"the history backfill failed ({done.returncode}); see {log}")
     return time.monotonic() - began

@@ -103,12 +103,13 @@ def _print_alerts(warehouse: Warehouse, window: list, since: datetime | None) ->
     """What this command alerted for the window (messages created since ``since``), and what earlier runs had."""
     incidents = {r[0]: (r[1], r[2]) for r in _table_rows(
         warehouse, "SELECT incident_id, minute, severity FROM btc.incidents WHERE minute >= ? AND minute < ?", window)}
-    rows = _table_rows(warehouse, "SELECT status, kind, destination, item_ids, created_at FROM btc.alerts "
-                       "WHERE asset = 'incidents'", [])
-    rows = [r for r in rows if set(r[3] or []) & set(incidents)]
+    rows = [(status, kind, destination, [] if items is None else list(items), created)
+            for status, kind, destination, items, created in _table_rows(
+                warehouse, "SELECT status, kind, destination, item_ids, created_at FROM btc.alerts WHERE asset = 'incidents'", [])]
+    rows = [r for r in rows if set(r[3]) & set(incidents)]
     mine = [r for r in rows if since is None or (r[4] is not None and r[4] >= since)]
     if not mine:
-        earlier = {i for r in rows if r[0] == "sent" for i in (r[3] or []) if i in incidents}
+        earlier = {i for r in rows if r[0] == "sent" for i in r[3] if i in incidents}
         print("alerted          : nothing new" + (f" ({len(earlier)} incident(s) of this window were alerted by earlier "
                                                   "runs; each alert goes out once)" if earlier else
                                                   " (no incident at the alert severity)"))
@@ -117,7 +118,7 @@ def _print_alerts(warehouse: Warehouse, window: list, since: datetime | None) ->
     for status, kind, destination, items, _ in mine:
         entry = counts.setdefault((status, kind, destination), [0, set()])
         entry[0] += 1
-        entry[1].update(i for i in items or [] if i in incidents)
+        entry[1].update(i for i in items if i in incidents)
     print("alerted          : " + ", ".join(f"{n} {kind} message(s) {status} covering {len(ids)} incident(s) ({dest})"
                                             for (status, kind, dest), (n, ids) in sorted(counts.items())))
     sent = sorted({i for (status, kind, _), (_, ids) in counts.items() if status == "sent" and kind in ("single", "digest")
