@@ -23,7 +23,7 @@ import dagster as dg
 import pytest
 
 from btc_anomaly_assets.alerts.destinations import read_outbox
-from btc_anomaly_assets.common.dagster_helpers import EWMA_ANOMALIES, RAW_TRANSACTIONS
+from btc_anomaly_assets.common.dagster_helpers import EWMA_ANOMALIES, INCIDENTS, RAW_TRANSACTIONS
 from btc_anomaly_assets_tests.cli_runs import REPO, SAMPLE_ROWS, check_exactly_once, cli_environment, run_cli, tail
 
 CLI_TIMEOUT_SECONDS = 900
@@ -146,12 +146,12 @@ def test_sensor_cursor_carries_across_a_daemon_restart(pg_demo):
     first_cursor = json.loads(tick.cursor)
     with _instance(env) as instance:
         persisted = json.loads(_sensor_state(instance).instigator_data.cursor)
-        latest_ewma = instance.get_latest_materialization_event(EWMA_ANOMALIES)
+        latest_incidents = instance.get_latest_materialization_event(INCIDENTS)
         assert persisted == first_cursor  # the cursor is in Postgres, not in the daemon's memory
         # While the daemon is down, a new materialization of an already-alerted minute arrives.
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=EWMA_ANOMALIES, partition="2025-08-13-02:19"))
-        newest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EWMA_ANOMALIES), limit=1).records[0]
-    assert newest.storage_id > 0 and latest_ewma is not None
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=INCIDENTS, partition="2025-08-13-02:19"))
+        newest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=INCIDENTS), limit=1).records[0]
+    assert newest.storage_id > 0 and latest_incidents is not None
     restarted_at = time.time()
     second = _start_daemon(env, tmp_path / "daemon2.log")
     try:
@@ -161,6 +161,6 @@ def test_sensor_cursor_carries_across_a_daemon_restart(pg_demo):
     after_restart = json.loads(tick.cursor)
     print(f"\ncursor before restart: {first_cursor}\ncursor after restart:  {after_restart}")
     moved = {asset: sid for asset, sid in after_restart.items() if sid != first_cursor.get(asset)}
-    assert moved == {"ewma_anomalies": newest.storage_id}  # only the event that arrived while it was down was new
+    assert moved == {"incidents": newest.storage_id}  # only the event that arrived while it was down was new
     assert not tick.run_ids  # the minute was alerted before: no second alert
     assert len(read_outbox(outbox)) == delivered_by_demo
