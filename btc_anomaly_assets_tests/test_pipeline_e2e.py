@@ -39,9 +39,9 @@ def _resources(data_dir, explainer=None):
     }
 
 
-def _run(instance, resources):
+def _run(instance, resources, tags=RANGE_TAGS):
     defs = dg.Definitions(assets=ALL_ASSETS, jobs=[pipeline_job], resources=resources)
-    return defs.resolve_job_def(pipeline_job.name).execute_in_process(instance=instance, tags=RANGE_TAGS)
+    return defs.resolve_job_def(pipeline_job.name).execute_in_process(instance=instance, tags=tags)
 
 
 def _snapshot(wh: Warehouse) -> dict:
@@ -178,16 +178,18 @@ def test_with_claude_answering_529_to_everything_the_graph_succeeds_and_the_aler
     fake = FakeAnthropic(outage_status=529)  # the model check included, no Retry-After: the client's own backoff
     with fake.serve() as server, dg.instance_for_test() as instance:
         resources = _resources(tmp_path, ExplainerResource(api_key=FAKE_API_KEY, base_url=server.url))
-        result = _run(instance, resources)
+        # The first half hour (4 blocks, the 00:18 whale): the outage path is the same for any range.
+        result = _run(instance, resources, {"dagster/asset_partition_range_start": "2025-08-13-00:00",
+                                            "dagster/asset_partition_range_end": "2025-08-13-00:29"})
         assert result.success, "an explainer outage must never fail the run"
         _deliver(instance, resources)
     wh = Warehouse(resources["warehouse"].path)
     explained = wh.query("SELECT anomaly_id, source, summary FROM btc.anomaly_explanations ORDER BY anomaly_id")
     owed = wh.query("SELECT anomaly_id, outage FROM btc.claude_pending_explanations ORDER BY anomaly_id")
-    assert len(explained) >= 2 and set(explained["source"]) == {"rules"}
+    assert len(explained) >= 1 and set(explained["source"]) == {"rules"}
     assert explained["summary"].str.startswith("[rule-based]").all()
     assert owed["anomaly_id"].tolist() == explained["anomaly_id"].tolist() and owed["outage"].all()
     outbox = read_outbox(tmp_path / "outbox.jsonl")
     budget = alert_budget(wh, outbox)
-    assert budget["messages"] == 1 and {"00:18", "02:19"} <= {f"{m:%H:%M}" for m in budget["items"]["minute"]}
+    assert budget["messages"] == 1 and "00:18" in {f"{m:%H:%M}" for m in budget["items"]["minute"]}
     assert "Explanation (rule-based)" in budget["text"] and FAKE_API_KEY not in budget["text"]
