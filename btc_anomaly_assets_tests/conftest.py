@@ -32,3 +32,17 @@ def _refuse_shared_reads(event: str, args: tuple) -> None:
 
 
 sys.addaudithook(_refuse_shared_reads)
+
+
+# The files that take minutes (real CLI runs, dagster dev, a live collector, PostgreSQL) start first,
+# so the workers (pytest-xdist, one file each) finish together instead of waiting on one of them at
+# the end. The order is deterministic, as xdist requires.
+SLOW_FILES = (
+    "test_pipeline_e2e.py", "test_live_collect_e2e.py", "test_dagster_ui_demo_browser.py", "test_instance_postgres.py",
+    "test_concurrency.py", "test_faults.py", "test_instance_recovery.py", "test_detection_clusters.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
