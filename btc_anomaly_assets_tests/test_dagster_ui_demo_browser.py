@@ -199,7 +199,7 @@ def test_ewma_anomalies_numbers_are_per_partition_and_plotted(demo_ui, tmp_path)
         await tools.click_element(_button("Plots"), "the Metadata section's Plots button", 60)
         partitions_view = await tools.wait_for(
             f"(t => t.includes('Asset plots are automatically generated') ? t : '')({BODY_TEXT})",
-            "the Partitions plot's state", 30)
+            "the Partitions plot's state", 90)
         await tools.click_element(_button("Events"), "the plots' Events button")
         extents = await tools.wait_for(
             f"(e => e.length >= 5 && e.every(p => p.extent > 0) ? e : null)({PLOT_EXTENTS})", "the drawn plots", 60)

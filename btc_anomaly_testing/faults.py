@@ -36,7 +36,7 @@ TABLE_KEYS = {
     "coordinated_clusters": ("cluster_id",),
     "transaction_forecast": ("cutoff", "ds"),
 }
-STEPS = ("raw_transactions", "minute_aggregates", "ewma_anomalies", "coordinated_clusters", "anomaly_explanations",
+STEPS = ("raw_transactions", "minute_aggregates", "ewma_anomalies", "coordinated_clusters", "incidents", "anomaly_explanations",
          "transaction_forecast")
 
 
