@@ -87,8 +87,15 @@ def stage_times(session: LiveSession) -> dict[str, list[float]]:
 
 
 def close_to_slack(session: LiveSession) -> dict:
-    return {m: min(times) - utc_timestamp(m + timedelta(minutes=1))
-            for m, times in session.alert_arrivals.items() if m in session.measured and times}
+    """Per measured minute: minute close -> first Slack arrival of an alert about it after it closed (an
+    incident that a later minute extends was alerted earlier about its first minute only)."""
+    latency = {}
+    for m, times in session.alert_arrivals.items():
+        close = utc_timestamp(m + timedelta(minutes=1))
+        after = [t for t in times if t >= close]
+        if m in session.measured and after:
+            latency[m] = min(after) - close
+    return latency
 
 
 def report(session: LiveSession) -> dict:

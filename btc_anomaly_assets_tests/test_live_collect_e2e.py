@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_testing.live_scenario import run_live_session, utc_timestamp
 
 
@@ -31,3 +32,7 @@ def test_collector_and_dagster_dev_run_live_and_alert_the_whale_once(tmp_path):
     assert list(session.whales) == [last]
     posts = session.whale_alerts[last]
     assert posts and all(n == 1 for n in posts), session.whale_alerts
+    # ... and the message people receive names the whale's transaction
+    sent = Warehouse(str(session.workdir / "data" / "warehouse.duckdb")).query(
+        "SELECT text FROM btc.alerts WHERE status = 'sent' AND kind = 'single'")
+    assert any(session.whales[last] in text for text in sent["text"]), list(sent["text"])

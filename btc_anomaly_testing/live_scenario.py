@@ -112,39 +112,44 @@ def _drain(home: Path, measured: list[datetime], dev, drain_seconds: float) -> N
 def _whale_posts(warehouse: Path, whale_minutes, arrivals) -> dict[datetime, list[int]]:
     """Per whale minute: for each alert covering that minute's incident, how many times it was posted to
     Slack (1 = delivered once; alerts are per incident)."""
-    import pandas as pd
-
     from btc_anomaly_assets.common.warehouse import Warehouse
 
     wh = Warehouse(str(warehouse))
     alerts = wh.query("SELECT text, item_ids FROM btc.alerts WHERE status = 'sent'")
-    value = wh.query("SELECT incident_id, minute FROM btc.incidents WHERE severity IN ('medium', 'high')")
-    minute_of = {i: pd.Timestamp(m).to_pydatetime() for i, m in zip(value["incident_id"], value["minute"])}
+    minutes_of = incident_minutes(wh, "severity IN ('medium', 'high')")
     posts = {m: [] for m in whale_minutes}
     for text, item_ids in alerts.itertuples(index=False):
-        for minute in {minute_of[i] for i in item_ids if i in minute_of} & set(posts):
+        for minute in {m for i in item_ids for m in minutes_of.get(i, ())} & set(posts):
             posts[minute].append(sum(1 for _, posted in arrivals if posted == text))
     return posts
 
 
+def incident_minutes(wh, where: str = "TRUE") -> dict[str, list[datetime]]:
+    """Incident id -> every minute it covers (an incident spans adjacent minutes of one phenomenon: a
+    whale one minute after a smaller transfer extends that incident rather than opening its own)."""
+    import pandas as pd
+
+    rows = wh.query(f"SELECT incident_id, minute, end_minute FROM btc.incidents WHERE {where}")
+    return {i: list(pd.date_range(start, end, freq="min").to_pydatetime())
+            for i, start, end in rows.itertuples(index=False)}
+
+
 def _read_results(home: Path, warehouse: Path, measured: list[datetime], arrivals) -> tuple[dict, dict]:
     import dagster as dg
-    import pandas as pd
 
     from btc_anomaly_assets.common.warehouse import Warehouse
 
     wh = Warehouse(str(warehouse))
     alerts = wh.query("SELECT text, item_ids FROM btc.alerts WHERE status = 'sent'")
-    items = wh.query("SELECT incident_id AS item, minute FROM btc.incidents")  # alerts are per incident
-    minute_of = dict(zip(items["item"], items["minute"]))
+    minutes_of = incident_minutes(wh)  # alerts are per incident
     first_arrival: dict[str, float] = {}
     for arrived, text in arrivals:
         first_arrival.setdefault(text, arrived)
     by_minute: dict[datetime, list[float]] = {}
     for text, item_ids in alerts.itertuples(index=False):
-        for minute in {minute_of.get(i) for i in item_ids} - {None}:
+        for minute in {m for i in item_ids for m in minutes_of.get(i, ())}:
             if text in first_arrival:
-                by_minute.setdefault(pd.Timestamp(minute).to_pydatetime(), []).append(first_arrival[text])
+                by_minute.setdefault(minute, []).append(first_arrival[text])
     live: dict[datetime, RunTimes | None] = {}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = {r.dagster_run.tags.get("dagster/partition"): r
