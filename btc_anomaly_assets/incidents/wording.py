@@ -51,10 +51,12 @@ def _where(finding: Mapping[str, Any]) -> str:
 
 def headline_for(primary: Mapping[str, Any], findings: list[Mapping[str, Any]], top_tx: Mapping[str, Any] | None,
                  first: datetime, last: datetime) -> str:
-    """The phenomenon in plain words: "19,609 BTC moved in one transaction, 83x the usual largest"."""
+    """The phenomenon in plain words: "19,609 BTC moved in one transaction, 83x the usual largest". A run of
+    minutes says how long it lasted ("over 3 minutes"); when it happened is the incident's ``minute`` ..
+    ``end_minute``, which every message prints beside the headline (once)."""
     text = _headline(primary, top_tx)
     if last > first:
-        text += f", over {int((last - first).total_seconds() // 60) + 1} minutes ({first:%H:%M}-{last:%H:%M} UTC)"
+        text += f", over {int((last - first).total_seconds() // 60) + 1} minutes"
     return text
 
 
