@@ -76,8 +76,12 @@ class DevTools:
             if value:
                 return value
             await asyncio.sleep(0.25)
+        try:  # what the page showed instead, so a timeout says why
+            shown = (await self.evaluate("(document.body ? document.body.innerText : '')") or "")[:1500]
+        except JavaScriptError as error:
+            shown = f"(page text unreadable: {error})"
         raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}"
-                             + (f"; last error: {last_error}" if last_error else ""))
+                             + (f"; last error: {last_error}" if last_error else "") + f"\npage text:\n{shown}")
 
     async def set_viewport(self, width: int, height: int) -> None:
         """Render at exactly ``width`` x ``height`` CSS pixels (the window size includes browser chrome)."""
