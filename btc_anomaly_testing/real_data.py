@@ -206,18 +206,12 @@ def inject_batch_storm(raw: pd.DataFrame, block_id: int, *, factor: int = 10, us
     if missing <= 0 or batches.empty:
         raise ValueError(f"block {block_id} has no batch payouts to copy or already has {factor}x the usual number")
     # Each copy pays a few satoshi more, so the storm is many distinct payouts, not one repeated.
-    extra = pd.concat(
-        [
-            copies_of(
-                batches.iloc[i % len(batches)],
-                1,
-                f"batch-storm-{block_id}-{i}",
-                output_total=int(batches["output_total"].iloc[i % len(batches)]) + 1 + i,
-            )
-            for i in range(missing)
-        ],
-        ignore_index=True,
-    )
+    # (Built in one frame: one copies_of() per payout costs a DataFrame each.)
+    serial = np.arange(missing)
+    extra = batches.iloc[serial % len(batches)].reset_index(drop=True)
+    extra["output_total"] = extra["output_total"].to_numpy(dtype="int64") + 1 + serial
+    extra["input_total"] = extra["output_total"] + extra["fee"].to_numpy(dtype="int64")
+    extra["hash"] = [fake_hash(f"batch-storm-{block_id}-{i}", 0) for i in serial]  # as copies_of(..., 1, tag) names them
     return append_rows(raw, extra), list(extra["hash"])
 
 

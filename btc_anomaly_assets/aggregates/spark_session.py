@@ -22,6 +22,7 @@ then connects to it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import shutil
@@ -114,7 +115,38 @@ def _build_connect_session(remote: str, app_name: str, conf: dict[str, str]) -> 
     builder = ConnectSparkSession.builder.remote(remote).appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    _close_client_at_exit(session.client)
+    return session
+
+
+_clients_closed_at_exit: set[int] = set()
+
+
+def _close_client_at_exit(client: Any) -> None:
+    """Close a Connect client's channel when the process exits, before pyspark's own exit hook runs.
+
+    pyspark 4.3 registers ``SparkConnectClient._on_exit`` when a client is created. It sends cleanup
+    RPCs, and when the server has already gone (a test's or benchmark's local server, or a cluster
+    restart) the client retries them for about ten minutes before the process can exit. ``atexit``
+    runs hooks last-registered-first, so this one runs first. It closes the channel, which sends no
+    RPC, and a closed client skips its cleanup. This project creates no server-side state that
+    outlives the session: no ML cache and no released-on-exit sessions.
+    """
+    if id(client) in _clients_closed_at_exit:
+        return
+    _clients_closed_at_exit.add(id(client))
+    atexit.register(close_connect_client, client)
+
+
+def close_connect_client(client: Any) -> None:
+    """Close ``client``'s channel unless it is already closed; errors are logged, never raised at exit."""
+    if getattr(client, "is_closed", False):
+        return
+    try:
+        client.close()
+    except Exception as exc:  # at interpreter exit nothing can act on it; say so and go on
+        logger.warning("closing the Spark Connect client at exit failed: %s", type(exc).__name__)
 
 
 def parse_connect_endpoint(remote: str) -> tuple[str, int]:
