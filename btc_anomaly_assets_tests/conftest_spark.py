@@ -30,6 +30,9 @@ SPARK_TEST_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
     "spark.driver.memory": "1g",
+    # As the project's own CLASSIC_CONF: C1 only and a serial collector, so the JVM's JIT and GC
+    # threads do not compete with the other test files for the 2 cores.
+    "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
 }
 
 

@@ -14,7 +14,8 @@ and every table must hold each row once, and one alert tick (the CLI's ``deliver
 third process, posting to a loopback Slack webhook) must deliver every medium+ item exactly once
 even though the sensor sees the minute twice (B's single alerts and A's digest).
 
-Each process starts its own Spark JVM (``local[1]``); that is most of the test's time. The whole
+Both runs aggregate on the suite's one Spark Connect server (``SPARK_REMOTE``), as a live
+deployment does, so neither process starts a JVM of its own. The whole
 module runs twice: on the SQLite instance and on Dagster-on-PostgreSQL (``BTC_DAGSTER_PG_URL``, a
 real server the session starts), where neither process may log a lock failure.
 """
@@ -37,6 +38,8 @@ from btc_anomaly_assets.common.lake import raw_path, read_raw_window
 from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
 from btc_anomaly_testing.fakes.slack_server import FakeSlack
+
+pytestmark = pytest.mark.usefixtures("connect_server_launch")  # boots while the instance is prepared
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_START, SAMPLE_END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
@@ -96,7 +99,7 @@ def _prepare_dagster_home(home: Path, postgres: bool = False) -> None:
         pass
 
 
-def _environment(tmp_path: Path, pg_url: str | None = None, **extra: str) -> dict[str, str]:
+def _environment(tmp_path: Path, spark_remote: str, pg_url: str | None = None, **extra: str) -> dict[str, str]:
     home = tmp_path / "dagster_home"
     if pg_url:
         os.environ["BTC_DAGSTER_PG_URL"] = pg_url  # the yaml names the variable; this process reads the instance too
@@ -108,7 +111,7 @@ def _environment(tmp_path: Path, pg_url: str | None = None, **extra: str) -> dic
         DAGSTER_HOME=str(home),
         BTC_DATA_DIR=str(tmp_path / "data"),
         BTC_SOURCE="sample",
-        SPARK_MASTER="local[1]",
+        SPARK_REMOTE=spark_remote,
         START_LINE_TIMEOUT=str(START_LINE_TIMEOUT_SECONDS),
         PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         **extra,
@@ -156,7 +159,7 @@ def _step_timeline(home: str) -> str:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def concurrent_runs(request, tmp_path_factory):
+def concurrent_runs(request, tmp_path_factory, connect_server):
     tmp_path = tmp_path_factory.mktemp(f"concurrency_{request.param}")
     logs = {name: tmp_path / f"{name}.log" for name in ("backfill", "live", "alerts")}
     pg_url = request.getfixturevalue("postgres_server").new_database("concurrency") if request.param == "postgres" else None
@@ -164,7 +167,7 @@ def concurrent_runs(request, tmp_path_factory):
     # Every process posts to the same loopback Slack: the live minute sends its EWMA alerts from
     # inside its run (BTC_ALERT_IN_RUN), the alert tick sends the rest.
     with FakeSlack() as slack:
-        env = _environment(tmp_path, pg_url=pg_url, SLACK_WEBHOOK_URL=slack.webhook_url)
+        env = _environment(tmp_path, connect_server.remote, pg_url=pg_url, SLACK_WEBHOOK_URL=slack.webhook_url)
         began = time.monotonic()
         backfill = _start(RUN_PIPELINE, [json.dumps(BACKFILL_TAGS), ""], env, logs["backfill"])
         live = _start(RUN_PIPELINE, [json.dumps(LIVE_TAGS), "backfill"], env, logs["live"])
