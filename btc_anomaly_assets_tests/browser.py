@@ -77,7 +77,7 @@ class DevTools:
                 return value
             await asyncio.sleep(0.25)
         try:  # what the page showed instead, so a timeout says why
-            shown = await self.evaluate("(document.body ? document.body.innerText : '')") or ""
+            shown = await self.text() or ""
             if len(shown) > 2400:  # the head (navigation, tabs) and the tail (where lazily rendered sections land)
                 shown = f"{shown[:1200]}\n[... {len(shown) - 2400} characters ...]\n{shown[-1200:]}"
         except JavaScriptError as error:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from btc_anomaly_assets.aggregates.resources import CLASSIC_CONF
 from btc_anomaly_assets.aggregates.spark_session import SparkSettings, build_spark_session, start_local_connect_server
 from btc_anomaly_assets.common.lake import raw_path, write_raw_window
 from btc_anomaly_testing.real_data import real_raw
@@ -30,9 +31,9 @@ SPARK_TEST_CONF = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "4",
     "spark.driver.memory": "1g",
-    # As the project's own CLASSIC_CONF: C1 only and a serial collector, so the JVM's JIT and GC
-    # threads do not compete with the other test files for the 2 cores.
-    "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+    # The project's own driver JVM options (C1 only, serial collector): the JIT and GC threads then do
+    # not compete with the other test files for the 2 cores.
+    "spark.driver.extraJavaOptions": CLASSIC_CONF["spark.driver.extraJavaOptions"],
 }
 
 

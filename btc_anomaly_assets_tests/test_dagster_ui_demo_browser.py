@@ -198,11 +198,10 @@ def test_ewma_anomalies_numbers_are_per_partition_and_plotted(demo_ui, tmp_path)
                 f"partition {key}'s metadata", 60)
         partition_png = await tools.screenshot(ARTIFACTS / "dagster_ui_demo_partition.png")
         await tools.navigate(f"{dev.base}/assets/{EWMA}")
-        # The Plots view first loads the Partitions plot, which (the Dagster bug below) walks the minutes from
-        # the definition's start up to *now*: over 90 s on a loaded machine, during which a click on Plots can
-        # go unanswered. Click it again until the view's Events button is there; the Events plots come from
-        # the same numbers.
-        # Under load the Metadata section itself (and its Plots button) can take over a minute to render.
+        # Under load the Metadata section (and its Plots button) can take over a minute to render, and the
+        # Plots view first loads the Partitions plot, which (the Dagster bug below) walks the minutes from the
+        # definition's start up to *now*: over 90 s, during which a click on Plots can go unanswered. So both
+        # clicks are retried until the view's Events button is there; the Events plots hold the same numbers.
         deadline = time.monotonic() + PLOTS_VIEW_SECONDS
         while True:
             try:

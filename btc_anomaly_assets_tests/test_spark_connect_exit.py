@@ -81,7 +81,7 @@ def test_every_connect_session_built_gets_one_exit_hook(monkeypatch):
     monkeypatch.setattr(spark_session, "check_endpoint_reachable", lambda *a, **k: None)
     monkeypatch.setattr(ConnectSparkSession, "builder", _Builder(_Session(client)))
     monkeypatch.setattr(spark_session.atexit, "register", lambda f, *args: registered.append((f, args)))
-    monkeypatch.setattr(spark_session, "_clients_closed_at_exit", set())
+    monkeypatch.setattr(spark_session, "_clients_with_exit_hook", set())
     settings = SparkSettings(remote="sc://127.0.0.1:15002")
     build_spark_session(settings)
     build_spark_session(settings)  # get-or-create: the same client, not a second hook

@@ -120,7 +120,7 @@ def _build_connect_session(remote: str, app_name: str, conf: dict[str, str]) -> 
     return session
 
 
-_clients_closed_at_exit: set[int] = set()
+_clients_with_exit_hook: set[int] = set()
 
 
 def _close_client_at_exit(client: Any) -> None:
@@ -133,9 +133,9 @@ def _close_client_at_exit(client: Any) -> None:
     RPC, and a closed client skips its cleanup. This project creates no server-side state that
     outlives the session: no ML cache and no released-on-exit sessions.
     """
-    if id(client) in _clients_closed_at_exit:
+    if id(client) in _clients_with_exit_hook:
         return
-    _clients_closed_at_exit.add(id(client))
+    _clients_with_exit_hook.add(id(client))
     atexit.register(close_connect_client, client)
 
 
