@@ -115,13 +115,21 @@ class DevTools:
             await self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     async def click_element(self, js_element: str, what: str, seconds: float = 20.0) -> None:
-        """Wait for the element ``js_element`` evaluates to, scroll it into view and click its centre."""
+        """Wait for the element ``js_element`` evaluates to, scroll it into view and click its centre.
+
+        The click waits until the element is what the page shows at that point: a page still
+        rendering moves things between measuring and clicking, and a click meant for a button
+        then lands on whatever slid under it (on Dagster's asset page, the Metadata section's
+        header, which collapses the section and remembers that in the browser's storage).
+        """
         box = await self.wait_for(
             f"""(() => {{ const e = {js_element};
                  if (!e) return null;
                  e.scrollIntoView({{block: 'center', inline: 'center'}});
                  const r = e.getBoundingClientRect();
-                 return r.width > 0 && r.height > 0 ? {{x: r.x + r.width / 2, y: r.y + r.height / 2}} : null; }})()""",
+                 if (!(r.width > 0 && r.height > 0)) return null;
+                 const x = r.x + r.width / 2, y = r.y + r.height / 2, hit = document.elementFromPoint(x, y);
+                 return hit && (hit === e || e.contains(hit)) ? {{x, y}} : null; }})()""",
             what, seconds,
         )
         await self.click_at(box["x"], box["y"])

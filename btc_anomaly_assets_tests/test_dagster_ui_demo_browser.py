@@ -50,6 +50,7 @@ PLOTS_VIEW_SECONDS = 240  # see the Plots click in test_ewma_anomalies_numbers_a
 EWMA = "btc/ewma_anomalies"
 FLAGGED_LINE = re.compile(r"^  (\d\d:\d\d) (high|medium)\s+\S+", re.MULTILINE)  # the demo's own list of flagged rows
 COMMUNITY_DIALOG = "Join the Dagster community"
+METADATA_FOLDED = "collapsible-section-Metadata"  # the Dagster UI's localStorage key for a folded Metadata section
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +199,9 @@ def test_ewma_anomalies_numbers_are_per_partition_and_plotted(demo_ui, tmp_path)
                 f"partition {key}'s metadata", 60)
         partition_png = await tools.screenshot(ARTIFACTS / "dagster_ui_demo_partition.png")
         await tools.navigate(f"{dev.base}/assets/{EWMA}")
-        # Under load the Metadata section (and its Plots button) can take over a minute to render, and the
-        # Plots view first loads the Partitions plot, which (the Dagster bug below) walks the minutes from the
-        # definition's start up to *now*: over 90 s, during which a click on Plots can go unanswered. So both
-        # clicks are retried until the view's Events button is there; the Events plots hold the same numbers.
+        # Under load the page keeps rendering (and moving) for a while, and the Plots view first loads the
+        # Partitions plot (empty: the Dagster bug below), during which a click on Plots can go unanswered. So
+        # both clicks are retried until the view's Events button is there; the Events plots hold the same numbers.
         deadline = time.monotonic() + PLOTS_VIEW_SECONDS
         while True:
             try:
@@ -211,6 +211,11 @@ def test_ewma_anomalies_numbers_are_per_partition_and_plotted(demo_ui, tmp_path)
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise
+                # A click that met a page still moving may have folded the Metadata section instead (Dagster
+                # remembers that in localStorage, so it would stay folded): unfold it and load the page again.
+                if await tools.evaluate(f"localStorage.getItem({json.dumps(METADATA_FOLDED)}) === 'true'"):
+                    await tools.evaluate(f"localStorage.removeItem({json.dumps(METADATA_FOLDED)})")
+                    await tools.navigate(f"{dev.base}/assets/{EWMA}")
         extents = await tools.wait_for(
             f"(e => e.length >= 5 && e.every(p => p.extent > 0) ? e : null)({PLOT_EXTENTS})", "the drawn plots", 60)
         plots_png = await tools.screenshot(ARTIFACTS / "dagster_ui_demo_plots.png")
