@@ -2,7 +2,8 @@
 
 One ``dagster dev`` over a fresh instance (the ``dagster.yaml`` btc-anomaly writes, an empty data
 dir); ``btc-anomaly demo`` then runs against it (``BTC_DAGSTER_UI_URL`` points at it, so the demo
-requests its backfill there instead of starting a second ``dagster dev``). Headless Chromium then
+requests its backfill there instead of starting a second ``dagster dev``; its run aggregates on the
+suite's Spark Connect server, the local-Spark path being test_pipeline_e2e's). Headless Chromium then
 asserts on each page's DOM:
 
 - no "Join the Dagster community" dialog over the first page;
@@ -42,7 +43,7 @@ from btc_anomaly_assets_tests.test_dagster_ui_browser import (
     run_in_browser,
 )
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON), pytest.mark.usefixtures("connect_server_launch")]
 
 DEMO_SECONDS = 900  # the whole graph over 3 hours through the daemon, on a loaded 2-core machine
 BROWSER_SECONDS = 90
@@ -54,7 +55,7 @@ METADATA_FOLDED = "collapsible-section-Metadata"  # the Dagster UI's localStorag
 
 
 @pytest.fixture(scope="module")
-def demo_ui(tmp_path_factory):
+def demo_ui(tmp_path_factory, connect_server):
     """A ``dagster dev`` over a fresh instance on which ``btc-anomaly demo`` has run; yields (dev, demo output)."""
     from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
 
@@ -64,7 +65,10 @@ def demo_ui(tmp_path_factory):
     data_dir.mkdir()
     (home / "dagster.yaml").write_text(dagster_yaml(home))
     port = _free_port()
-    dev = DagsterDev(f"http://127.0.0.1:{port}", data_dir, _hermetic_env(data_dir, home), root / "dagster_dev.log")
+    env = _hermetic_env(data_dir, home)
+    del env["SPARK_MASTER"]  # the run aggregates on the suite's Connect server: what is checked here is the UI
+    env["SPARK_REMOTE"] = connect_server.remote
+    dev = DagsterDev(f"http://127.0.0.1:{port}", data_dir, env, root / "dagster_dev.log")
     with open(dev.log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],

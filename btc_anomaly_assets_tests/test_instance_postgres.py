@@ -5,6 +5,8 @@ With ``BTC_DAGSTER_PG_URL`` set, ``btc-anomaly`` writes a dagster-postgres ``dag
 - a backfill of a whole day is ONE run over its 1,440 minute partitions;
 - the alert sensor's cursor lives in Postgres and carries across a ``dagster-daemon`` restart.
 (The concurrency test, a live minute beside a backfill, runs on Postgres too: test_concurrency.py.)
+The runs aggregate on the suite's Spark Connect server, as a production instance's runs share one
+(the README's local-Spark demo path is the UI demo test's and the pipeline test's).
 """
 
 from __future__ import annotations
@@ -46,10 +48,19 @@ def _instance(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
             os.environ["BTC_DAGSTER_PG_URL"] = previous
 
 
+pytestmark = pytest.mark.usefixtures("connect_server_launch")  # boots while Postgres starts
+
+
+def _pg_environment(tmp_path: Path, pg_url: str, connect_server) -> dict[str, str]:
+    env = cli_environment(tmp_path, pg_url=pg_url, SPARK_REMOTE=connect_server.remote)
+    env.pop("SPARK_MASTER")
+    return env
+
+
 @pytest.fixture(scope="module")
-def pg_demo(tmp_path_factory, postgres_server):
+def pg_demo(tmp_path_factory, postgres_server, connect_server):
     tmp_path = tmp_path_factory.mktemp("pg_demo")
-    env = cli_environment(tmp_path, pg_url=postgres_server.new_database("demo"))
+    env = _pg_environment(tmp_path, postgres_server.new_database("demo"), connect_server)
     began = time.monotonic()
     code, output = run_cli(["demo"], env, tmp_path / "demo.log", timeout=CLI_TIMEOUT_SECONDS)
     print(f"\nbtc-anomaly demo on PostgreSQL: exit {code} in {time.monotonic() - began:.1f} s")
@@ -77,8 +88,8 @@ def test_demo_runs_are_recorded_in_postgres(pg_demo):
         assert len(instance.get_materialized_partitions(RAW_TRANSACTIONS)) == 180
 
 
-def test_backfill_of_a_day_on_postgres_is_one_run(tmp_path, postgres_server):
-    env = cli_environment(tmp_path, pg_url=postgres_server.new_database("day"))
+def test_backfill_of_a_day_on_postgres_is_one_run(tmp_path, postgres_server, connect_server):
+    env = _pg_environment(tmp_path, postgres_server.new_database("day"), connect_server)
     began = time.monotonic()
     code, output = run_cli(["backfill", "2025-08-13-00:00", "2025-08-14-00:00"], env, tmp_path / "day.log",
                            timeout=CLI_TIMEOUT_SECONDS)

@@ -2,21 +2,27 @@
 
 The fake mempool.space pushes real transactions in real time; the collector lands them; each
 minute the live schedule runs the whole graph over the landing zone; an injected whale reaches the
-loopback Slack exactly once. Takes about 5 minutes (Spark Connect server, history backfill,
-dagster dev start-up, two measured minutes).
+loopback Slack exactly once. Takes about 4 minutes (history backfill, dagster dev start-up, two
+measured minutes); the runs aggregate on the suite's Spark Connect server.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_testing.live_scenario import run_live_session, utc_timestamp
 
+pytestmark = pytest.mark.usefixtures("connect_server_launch")
 
-def test_collector_and_dagster_dev_run_live_and_alert_the_whale_once(tmp_path):
-    # a generous drain: on a shared 2-core machine a live run can take minutes; the test judges outcomes, not speed
-    session = run_live_session(tmp_path, minutes=2, whale_every=2, history_minutes=32, spark="connect", drain_seconds=900)
+
+def test_collector_and_dagster_dev_run_live_and_alert_the_whale_once(tmp_path, connect_server):
+    # a generous drain: on a shared 2-core machine a live run can take minutes; the test judges outcomes, not speed.
+    # The runs aggregate on the suite's Connect server, as a live deployment's runs share one.
+    session = run_live_session(tmp_path, minutes=2, whale_every=2, history_minutes=32, spark="connect",
+                               spark_remote=connect_server.remote, drain_seconds=900)
     first, last = session.measured[0], session.measured[-1]
     # minutes land: every transaction pushed during the measured minutes is in the landing zone, once
     begin, end = utc_timestamp(first), utc_timestamp(last + timedelta(minutes=1))

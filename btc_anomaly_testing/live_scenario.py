@@ -161,7 +161,7 @@ def _read_results(home: Path, warehouse: Path, measured: list[datetime], arrival
 
 
 def run_live_session(workdir: Path, *, minutes: int, whale_every: int, history_minutes: int, spark: str = "connect",
-                     drain_seconds: float = DRAIN_SECONDS) -> LiveSession:
+                     drain_seconds: float = DRAIN_SECONDS, spark_remote: str | None = None) -> LiveSession:
     from btc_anomaly_assets.aggregates.spark_session import start_local_connect_server
 
     home, data = workdir / "dagster_home", workdir / "data"
@@ -181,7 +181,10 @@ def run_live_session(workdir: Path, *, minutes: int, whale_every: int, history_m
                      "SLACK_WEBHOOK_URL": slack.webhook_url, "BTC_LIVE": "on", "BTC_LOG_LEVEL": "WARNING",
                      "BTC_PARTITIONS_START": day_start.strftime(KEY_FORMAT), "BTC_PARTITIONS_END": "none"}
         try:
-            if spark == "connect":
+            if spark == "connect" and spark_remote:  # a Connect server the caller runs (the test suite's)
+                env_extra["SPARK_REMOTE"] = spark_remote
+                setup["connect server"] = spark_remote
+            elif spark == "connect":
                 began = time.monotonic()
                 connect = start_local_connect_server(master="local[2]", driver_memory="1g",
                                                      conf={"spark.sql.shuffle.partitions": "4"})
