@@ -73,7 +73,7 @@ CONNECT_RECORD = "spark-connect.json"
 def _start_test_connect_server():
     return start_local_connect_server(
         master="local[2]",
-        driver_memory="1g",
+        driver_memory="2g",  # the one server of the run: every worker's queries share its heap
         conf={k: v for k, v in SPARK_TEST_CONF.items() if k != "spark.driver.memory"},
         wait=False,
     )
