@@ -180,7 +180,8 @@ def test_with_a_webhook_a_ready_explanation_is_folded_in_and_a_late_one_names_th
     _materialize(instance, stand_in_explanations)
     keys, _, cursor = _tick(instance, None, wh, warehouse, alerts)
     assert keys == ["alert:inc-20250813-0018"]
-    assert "Explanation (rule-based)" in json.dumps(slack.received[0].blocks)
+    sent = json.dumps(slack.received[0].blocks)
+    assert "Explanation (rule-based)" in sent and "[rule-based]" not in sent  # the source said once, not twice
 
     wh.replace_window("incidents", INCIDENT_COLUMNS, _incidents("high"), T0, T0 + timedelta(minutes=1))
     _explain(wh)

@@ -18,6 +18,7 @@ from btc_anomaly_assets.alerts import formatting as fmt
 from btc_anomaly_assets.alerts.block_kit import MAX_SECTION_TEXT, SlackMessage
 from btc_anomaly_assets.alerts.slack_messages import dagster_partition_url, partition_key
 from btc_anomaly_assets.common.schema import SEVERITIES, severity_rank
+from btc_anomaly_assets.explain.evidence import RULE_BASED_LABEL
 from btc_anomaly_assets.incidents.wording import finding_line
 
 INCIDENTS_ASSET = "btc/incidents"
@@ -60,6 +61,8 @@ def explanation_text(explanation: Mapping[str, Any] | None) -> str:
         return ""
     source = "Claude" if explanation.get("source") == "claude" else "rule-based"
     summary = str(explanation["summary"]).strip().splitlines()[0]
+    # The stored rule-based summary carries its own "[rule-based]" label; the line's label says it once.
+    summary = summary.removeprefix(RULE_BASED_LABEL).strip() if source == "rule-based" else summary
     return f"*Explanation ({source}):* {fmt.escape(bk.truncate(summary, SUMMARY_CHARS))}"
 
 

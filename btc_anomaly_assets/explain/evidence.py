@@ -36,6 +36,8 @@ EVIDENCE_VERSION = "evidence-v1"
 
 KIND_EWMA = "ewma_metric"
 KIND_CLUSTER = "coordinated_cluster"
+# How a rule-based summary begins, so no reader takes it for Claude's (alerts state the source once).
+RULE_BASED_LABEL = "[rule-based]"
 
 MAX_SAMPLE_TX_HASHES = 5
 _SIGNIFICANT_DIGITS = 10  # floats are rounded so recomputation noise cannot change the hash

@@ -13,6 +13,7 @@ import json
 from typing import Any, Mapping
 
 from btc_anomaly_assets.explain.evidence import (
+    RULE_BASED_LABEL,
     TIME_BASIS_MEANING,
     TIME_BASIS_UNKNOWN,
     evidence_from_cluster_row,
@@ -118,7 +119,7 @@ def incident_answer(e: Mapping[str, Any]) -> dict[str, Any]:
         }
     verdict = "FLAG" if answer["flag_for_investigation"] else "no flag"
     patterns = ", ".join(answer["suspected_patterns"])
-    summary = f"[rule-based] {verdict} ({answer['confidence']} confidence), {patterns}: {answer['flag_rationale']}"
+    summary = f"{RULE_BASED_LABEL} {verdict} ({answer['confidence']} confidence), {patterns}: {answer['flag_rationale']}"
     answer["summary"] = summary if len(summary) <= 160 else summary[:157] + "..."
     others = len(e.get("findings") or []) - 1
     context = f" {others} more finding(s) in the same incident were weighed as context." if others > 0 else ""

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any, Callable, Container, Iterable, Iterator, Mapping
 
 from btc_anomaly_assets.common.schema import TIME_BASIS_BLOCK, TIME_BASIS_FIRST_SEEN, severity_rank
-from btc_anomaly_assets.explain.evidence import KIND_CLUSTER, KIND_EWMA, explanation_content_hash
+from btc_anomaly_assets.explain.evidence import KIND_CLUSTER, KIND_EWMA, RULE_BASED_LABEL, explanation_content_hash
 from btc_anomaly_assets.explain.prompt import (
     SOURCE_RULES,
     RunStats,
@@ -118,7 +118,7 @@ class _Answer:
     def finish(self, evidence: Mapping[str, Any]) -> dict[str, Any]:
         patterns = self.patterns or ["none"]
         verdict = "FLAG" if self.flag else "no flag"
-        summary = f"[rule-based] {self.headline} - {', '.join(patterns)}; {verdict} ({self.confidence} confidence)"
+        summary = f"{RULE_BASED_LABEL} {self.headline} - {', '.join(patterns)}; {verdict} ({self.confidence} confidence)"
         if len(summary) > 160:
             summary = summary[:157] + "..."
         return validate_answer(
