@@ -27,13 +27,16 @@ SAMPLE_MINUTES = 180
 FLAGGED = ("medium", "high")
 
 
-def cli_environment(tmp_path: Path, pg_url: str | None = None, **extra: str) -> dict[str, str]:
+def cli_environment(tmp_path: Path, pg_url: str | None = None, spark_remote: str | None = None,
+                    **extra: str) -> dict[str, str]:
+    """The CLI's environment: no project setting of this process, a fresh data dir and Dagster home, the
+    sample source, runs in the CLI's process; Spark on ``spark_remote`` (a Connect server) or local[1]."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("BTC_", "SLACK_", "SPARK_", "BLOCKCHAIR_", "ANTHROPIC_", "DAGSTER_"))}
     env.update(BTC_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "data" / "dagster_home"), BTC_SOURCE="sample",
                BTC_RUN_MODE="in-process",  # the run in the CLI's own process: a SIGKILL of it kills the run
-               SPARK_MASTER="local[1]", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               **extra)
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               **({"SPARK_REMOTE": spark_remote} if spark_remote else {"SPARK_MASTER": "local[1]"}), **extra)
     if pg_url:
         env["BTC_DAGSTER_PG_URL"] = pg_url
     return env

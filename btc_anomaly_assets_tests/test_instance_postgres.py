@@ -52,9 +52,7 @@ pytestmark = pytest.mark.usefixtures("connect_server_launch")  # boots while Pos
 
 
 def _pg_environment(tmp_path: Path, pg_url: str, connect_server) -> dict[str, str]:
-    env = cli_environment(tmp_path, pg_url=pg_url, SPARK_REMOTE=connect_server.remote)
-    env.pop("SPARK_MASTER")
-    return env
+    return cli_environment(tmp_path, pg_url=pg_url, spark_remote=connect_server.remote)
 
 
 @pytest.fixture(scope="module")

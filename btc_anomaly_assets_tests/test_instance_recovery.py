@@ -3,6 +3,7 @@
 The killed run stays STARTED and keeps its ``duckdb`` pool slot (that wedged the next run for 27
 minutes in issue 18). The second ``btc-anomaly demo`` must say it failed that run and freed the
 slot, finish within 5 minutes, and leave every row once and every alert delivered exactly once.
+Both demos aggregate on the suite's Spark Connect server (no JVM start per run).
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def _claimed_duckdb_slots(home: str) -> list:
         return list(instance.event_log_storage.get_concurrency_info("duckdb").claimed_slots)
 
 
+pytestmark = pytest.mark.usefixtures("connect_server_launch")
+
+
 @pytest.fixture(scope="module")
-def killed_then_rerun(tmp_path_factory):
+def killed_then_rerun(tmp_path_factory, connect_server):
     tmp_path = tmp_path_factory.mktemp("recovery")
-    env = cli_environment(tmp_path)
+    env = cli_environment(tmp_path, spark_remote=connect_server.remote)  # recovery is the instance's; Spark is shared
     home = env["DAGSTER_HOME"]
     os.makedirs(home)
     with open(os.path.join(home, "dagster.yaml"), "w") as f:  # what the CLI writes; created up front so this
