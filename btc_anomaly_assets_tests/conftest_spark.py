@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import signal
 import tempfile
@@ -35,6 +34,8 @@ from btc_anomaly_assets.aggregates.spark_session import (
     SparkSettings,
     build_spark_session,
     port_accepts,
+    process_group_alive,
+    signal_process_group,
     start_local_connect_server,
 )
 from btc_anomaly_assets.common.lake import raw_path, write_raw_window
@@ -92,19 +93,11 @@ class SharedConnectServer:
     def wait_ready(self, timeout: float = 180.0) -> "SharedConnectServer":
         deadline = time.monotonic() + timeout
         while not port_accepts("127.0.0.1", self.port):
-            if not _group_alive(self.pgid) or time.monotonic() > deadline:
+            if not process_group_alive(self.pgid) or time.monotonic() > deadline:
                 raise ConnectServerError(f"the run's shared Spark Connect server ({self.remote}) is not serving; "
                                          f"log {self.log_path}")
             time.sleep(0.2)
         return self
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -124,15 +117,11 @@ def pytest_unconfigure(config):
     record = Path(shared) / CONNECT_RECORD
     if record.exists():
         server = json.loads(record.read_text())
-        try:
-            os.killpg(server["pgid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        signal_process_group(server["pgid"], signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while _group_alive(server["pgid"]) and time.monotonic() < deadline:
+        while process_group_alive(server["pgid"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _group_alive(server["pgid"]):
-            os.killpg(server["pgid"], signal.SIGKILL)
+        signal_process_group(server["pgid"], signal.SIGKILL)  # if it ignored SIGTERM (a no-op once it is gone)
         shutil.rmtree(server["work_dir"], ignore_errors=True)
     shutil.rmtree(shared, ignore_errors=True)
 

@@ -291,16 +291,16 @@ class LocalConnectServer:
         The server's working folder (log, pid files) is removed unless ``keep_log``.
         """
         if self.running():
-            _signal_group(self.process.pid, signal.SIGTERM)
+            signal_process_group(self.process.pid, signal.SIGTERM)
         # The script's shell dies at once; the JVM in the same group shuts down on its own time.
         deadline = time.monotonic() + timeout
-        while self.process.poll() is None or _group_alive(self.process.pid):  # poll() reaps the shell
+        while self.process.poll() is None or process_group_alive(self.process.pid):  # poll() reaps the shell
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        if _group_alive(self.process.pid):
+        if process_group_alive(self.process.pid):
             logger.warning("Spark Connect server group %s ignored SIGTERM for %.0f s; killing it", self.process.pid, timeout)
-            _signal_group(self.process.pid, signal.SIGKILL)
+            signal_process_group(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=timeout)
         if not keep_log:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -312,14 +312,16 @@ class LocalConnectServer:
         self.stop()
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def signal_process_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to a process group (a Connect server's script and JVM); nothing if it is gone."""
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def process_group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still there."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
