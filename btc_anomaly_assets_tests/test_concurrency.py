@@ -29,7 +29,6 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,11 @@ import pytest
 from btc_anomaly_assets.common.lake import raw_path, read_raw_window
 from btc_anomaly_assets.common.warehouse import Warehouse
 from btc_anomaly_assets.instance.dagster_yaml import dagster_yaml
+from btc_anomaly_assets_tests.cli_runs import REPO, SAMPLE_END, SAMPLE_MINUTES, SAMPLE_ROWS, SAMPLE_START
 from btc_anomaly_testing.fakes.slack_server import FakeSlack
 
 pytestmark = pytest.mark.usefixtures("connect_server_launch")  # boots while the instance is prepared
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_START, SAMPLE_END = datetime(2025, 8, 13, 0, 0), datetime(2025, 8, 13, 3, 0)
-SAMPLE_ROWS = 54_877  # transactions of the 20 bundled blocks (all inside 00:00-03:00)
-SAMPLE_MINUTES = 180
 BACKFILL_TAGS = {"dagster/asset_partition_range_start": "2025-08-13-00:00",
                  "dagster/asset_partition_range_end": "2025-08-13-02:59", "btc/test": "backfill"}
 LIVE_TAGS = {"dagster/partition": "2025-08-13-02:19", "btc/trigger": "live", "btc/test": "live"}

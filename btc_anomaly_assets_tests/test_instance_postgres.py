@@ -51,14 +51,10 @@ def _instance(env: dict[str, str]) -> Iterator[dg.DagsterInstance]:
 pytestmark = pytest.mark.usefixtures("connect_server_launch")  # boots while Postgres starts
 
 
-def _pg_environment(tmp_path: Path, pg_url: str, connect_server) -> dict[str, str]:
-    return cli_environment(tmp_path, pg_url=pg_url, spark_remote=connect_server.remote)
-
-
 @pytest.fixture(scope="module")
 def pg_demo(tmp_path_factory, postgres_server, connect_server):
     tmp_path = tmp_path_factory.mktemp("pg_demo")
-    env = _pg_environment(tmp_path, postgres_server.new_database("demo"), connect_server)
+    env = cli_environment(tmp_path, pg_url=postgres_server.new_database("demo"), spark_remote=connect_server.remote)
     began = time.monotonic()
     code, output = run_cli(["demo"], env, tmp_path / "demo.log", timeout=CLI_TIMEOUT_SECONDS)
     print(f"\nbtc-anomaly demo on PostgreSQL: exit {code} in {time.monotonic() - began:.1f} s")
@@ -87,7 +83,7 @@ def test_demo_runs_are_recorded_in_postgres(pg_demo):
 
 
 def test_backfill_of_a_day_on_postgres_is_one_run(tmp_path, postgres_server, connect_server):
-    env = _pg_environment(tmp_path, postgres_server.new_database("day"), connect_server)
+    env = cli_environment(tmp_path, pg_url=postgres_server.new_database("day"), spark_remote=connect_server.remote)
     began = time.monotonic()
     code, output = run_cli(["backfill", "2025-08-13-00:00", "2025-08-14-00:00"], env, tmp_path / "day.log",
                            timeout=CLI_TIMEOUT_SECONDS)
