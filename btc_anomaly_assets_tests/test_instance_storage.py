@@ -62,7 +62,7 @@ def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
                                                                asset_key=KEY), limit=1000, ascending=True)
     failing_status = instance.get_status_by_partition(dg.AssetKey(["btc", "failing"]), MINUTES.get_partition_keys(), MINUTES)
     [record] = instance.get_asset_records([KEY])
-    checks = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(KEY, "rows_positive"), limit=100)
+    checks = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(KEY, "rows_positive"), limit=1000)
     return {
         "materialized": [(position[r.run_id], r.partition_key,
                           r.event_log_entry.asset_materialization.metadata["minutes"].value) for r in materializations.records],
@@ -73,6 +73,9 @@ def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
         "last_materialization": (record.asset_entry.last_materialization_record.partition_key,
                                  position[record.asset_entry.last_run_id]),
         "checks": sorted((position[c.run_id], c.partition or "", c.status.value) for c in checks),
+        # each check row carries the planned (or evaluation) event itself
+        "check_events": sorted((position[c.run_id], c.partition or "", c.event.dagster_event_type.value,
+                                c.event.dagster_event.event_specific_data.check_name) for c in checks),
         "log_kinds": [[e.dagster_event_type.value if e.dagster_event else "log" for e in instance.all_logs(run_id)]
                       for run_id in run_ids],
     }
@@ -101,6 +104,8 @@ def test_batched_storage_reads_back_exactly_like_the_stock_storage(tmp_path, mon
 
     assert expected["materialized_partitions"] == [f"2025-08-13-{h:02d}:{m:02d}" for h in (0, 1) for m in range(60)][:90]
     assert len(expected["planned"]) == 120 and len(expected["failed_partitions"]) == 60
+    # one PLANNED row per partition of each of the two check runs, plus their two range evaluations
+    assert sum(status == "PLANNED" for _, _, status in expected["checks"]) == 120 and len(expected["checks"]) == 122
     for key in expected:
         assert actual[key] == expected[key], key
     # the 60-partition runs went to storage as whole batches, not event by event

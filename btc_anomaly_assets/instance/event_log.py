@@ -28,11 +28,12 @@ from collections.abc import Sequence
 import dagster
 from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.runs import SqliteRunStorage  # noqa: F401 - named in dagster.yaml beside the event log
 from dagster._core.storage.schedules import SqliteScheduleStorage  # noqa: F401 - named in dagster.yaml
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, serialize_value
 
 from btc_anomaly_assets.instance.dagster_yaml import enable_event_batching
 
@@ -86,6 +87,24 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             else:
                 self.store_event(event)
         self._store_asset_events(pending)
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """The stock rows (one PLANNED row per partition of the run's check), with the event serialized
+        once and inserted as one executemany: the stock code serializes the event again for every row
+        and compiles a 1,440-row multi-VALUES statement, 5.4 s of a day's run creation for 17 checks."""
+        planned = event.dagster_event.event_specific_data
+        partition_keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        shared = dict(
+            asset_key=planned.asset_key.to_string(),
+            check_name=planned.check_name,
+            run_id=event.run_id,
+            execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
+            evaluation_event=serialize_value(event),
+            evaluation_event_timestamp=self._event_insert_timestamp(event),
+            evaluation_event_storage_id=event_id,
+        )
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in partition_keys])
 
     def _store_asset_events(self, events: list[EventLogEntry]) -> None:
         if not events:
