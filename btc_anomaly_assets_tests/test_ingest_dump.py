@@ -54,12 +54,23 @@ def test_whole_13_aug_file(day13):
     assert day13.files_read == [str(FILE_13)]
     assert day13.rows_scanned == day13.rows_in_window == 54_877
     assert day13.duplicates_dropped == 0 and day13.files_stopped_early == [] and day13.missing_dates == []
+    assert day13.files_read_line_by_line == []  # Arrow's block reader read it
+
+
+def test_arrow_and_line_readers_give_the_same_frame(day13):
+    from btc_anomaly_assets.ingest.dump_file_scan import scan_file_by_line
+    from btc_anomaly_assets.ingest.raw_frames import concat_raw_frames
+
+    scan = scan_file_by_line(FILE_13, datetime(2025, 8, 13), datetime(2025, 8, 14), logging.getLogger())
+    by_line = concat_raw_frames(scan.frames)
+    pd.testing.assert_frame_equal(by_line, day13.frame)
+    assert scan.rows_scanned == day13.rows_scanned
 
 
 def test_typing_in_chunks_gives_the_same_frame_and_names_the_line_of_a_bad_value(day13, monkeypatch, tmp_path):
-    from btc_anomaly_assets.ingest import blockchair_dump
+    from btc_anomaly_assets.ingest import dump_file_scan
 
-    monkeypatch.setattr(blockchair_dump, "TYPE_EVERY_ROWS", 1_000)  # 55 chunks instead of one
+    monkeypatch.setattr(dump_file_scan, "TYPE_EVERY_ROWS", 1_000)  # 55 chunks instead of one
     chunked = read_dump_window(DUMP_DIR, datetime(2025, 8, 13), datetime(2025, 8, 14))
     pd.testing.assert_frame_equal(chunked.frame, day13.frame)
     assert chunked.rows_in_window == day13.rows_in_window
@@ -225,6 +236,22 @@ def test_malformed_line_names_file_and_line(tmp_path, line_number, change, expec
 
     assert caught.value.line == line_number
     assert f"{path}, line {line_number}: {expected}" in str(caught.value)
+
+
+def test_a_file_arrow_refuses_is_read_line_by_line_and_says_so(tmp_path, caplog):
+    """A lone carriage return ends a line for Arrow, not for the line reader, which only checks the
+    values of rows inside the window: this row is outside it, so the file is valid for the window."""
+    path, lines = _synthetic_blocks(tmp_path, [0, 4, 8, 70], "blockchair_bitcoin_transactions_20250814.tsv.gz")
+    fee_usd = lines[0].split("\t").index("fee_usd")
+    lines[7] = _with_field(lines[7], fee_usd, "1.5\r2")  # block at minute 70
+    _write(path, lines)
+
+    with caplog.at_level(logging.WARNING):
+        result = read_dump_window(path, datetime(2025, 8, 14, 0, 0), datetime(2025, 8, 14, 1, 0))
+
+    assert result.files_read_line_by_line == [str(path)]
+    assert sorted(result.frame["block_id"].unique()) == [100, 101, 102] and result.rows_scanned == 8
+    assert any("Arrow's CSV reader refused" in record.getMessage() for record in caplog.records)
 
 
 def test_bad_header_and_empty_window(tmp_path):

@@ -12,6 +12,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     add_minute_metadata,
     column_schema,
     markdown_preview,
+    preview_metadata,
     window_of,
 )
 from btc_anomaly_assets.common.lake import read_raw_window, write_raw_window
@@ -82,7 +83,7 @@ def raw_transactions(context: dg.AssetExecutionContext, source: TransactionSourc
             "window_start": dg.MetadataValue.timestamp(start.replace(tzinfo=timezone.utc)),
             "window_end": dg.MetadataValue.timestamp(end.replace(tzinfo=timezone.utc)),
             **{f"source_{k}": v for k, v in batch.figures.items()},
-            "preview": markdown_preview(stored[["time", "hash", "block_id", "input_count", "output_count", "output_total", "fee"]]),
+            **preview_metadata(context, markdown_preview(stored[["time", "hash", "block_id", "input_count", "output_count", "output_total", "fee"]])),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -214,24 +214,65 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _arrow_text(values: pd.Series) -> pa.Array | pa.ChunkedArray | None:
+    """The column as Arrow text when every value is a string (an Arrow string column, as the dump
+    reader gives, or an object column of ``str``), else None."""
+    if isinstance(values.dtype, pd.ArrowDtype):
+        if not (pa.types.is_string(values.dtype.pyarrow_dtype) or pa.types.is_large_string(values.dtype.pyarrow_dtype)):
+            return None
+        text = pa.array(values)
+    elif values.dtype == object:
+        try:
+            text = pa.array(values.to_numpy(), type=pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+    else:
+        return None
+    return None if text.null_count else text
+
+
+def _lenient(values: pd.Series) -> pd.Series:
+    """The column in the form the per-value (error-naming) paths below read: Python objects."""
+    return values.astype(object) if isinstance(values.dtype, pd.ArrowDtype) else values
+
+
 def _strict_cast(values: pd.Series, arrow_type: pa.DataType) -> np.ndarray | None:
     """Text values parsed by Arrow's strict cast, or None if any value is not plain text of that type.
 
     The fast path for dump integers (about 2x faster than ``pd.to_numeric``, same values): Arrow
     accepts only plain decimal text (no blanks, no ``1.0``, no overflow). Anything it refuses goes
-    through the lenient path, which also names the offending row. Not used for floats: Arrow parses
-    them correctly rounded, ``pd.to_numeric`` drops digits past ~15 significant ones (``cdd_total``
-    ``0.000046536260416667`` reads as ``4.65362604166e-05``), so the stored values would change.
+    through the lenient path, which also names the offending row.
     """
-    if values.dtype != object:
+    text = _arrow_text(values)
+    if text is None:
         return None
     try:
-        text = pa.array(values.to_numpy(), type=pa.string())
-        if text.null_count:
-            return None
         return pc.cast(text, arrow_type).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
+
+
+def _fast_floats(values: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(numbers, blank)`` for a text column Arrow parses completely, blanks (empty or spaces) as NaN;
+    None if any value is neither a number nor blank (the lenient path then names it).
+
+    Arrow parses decimal text correctly rounded; ``pd.to_numeric`` drops digits past ~15
+    significant ones (``cdd_total`` ``0.000046536260416667`` read as ``4.65362604166e-05``), so
+    text goes through here and only numbers that are already numbers keep their values as they are.
+    """
+    text = _arrow_text(values)
+    if text is None:
+        return None
+    blank = pc.equal(pc.utf8_trim_whitespace(text), "")
+    try:
+        parsed = pc.cast(pc.if_else(blank, pa.scalar(None, pa.string()), text), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    numbers = parsed.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    blank_mask = np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
+    if (np.isnan(numbers) & ~blank_mask).any():  # the text "nan": not a number, not blank
+        return None
+    return numbers, blank_mask
 
 
 def _parse_ints(values: pd.Series, name: str, locate: _Where) -> np.ndarray:
@@ -242,6 +283,7 @@ def _parse_ints(values: pd.Series, name: str, locate: _Where) -> np.ndarray:
     fast = _strict_cast(values, pa.int64())
     if fast is not None:
         return fast
+    values = _lenient(values)
     numbers = pd.to_numeric(values, errors="coerce")
     failed = numbers.isna().to_numpy()
     if failed.any():
@@ -262,10 +304,14 @@ def _parse_ints(values: pd.Series, name: str, locate: _Where) -> np.ndarray:
 def _parse_floats(values: pd.Series, name: str, locate: _Where) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values.dtype):
         raise locate.error(0, name, "is a boolean, expected a number", values.iloc[0])
+    fast = None if pd.api.types.is_numeric_dtype(values.dtype) else _fast_floats(values)
     if pd.api.types.is_numeric_dtype(values.dtype):
         numbers = values.to_numpy(dtype=np.float64)
         blank = np.isnan(numbers)
+    elif fast is not None:
+        numbers, blank = fast
     else:
+        values = _lenient(values)
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
         # Only the (rare) NaN positions need the slower per-value look to tell blank from garbage.
         blank = np.zeros(len(numbers), dtype=bool)
@@ -294,6 +340,12 @@ def _parse_bools(values: pd.Series, name: str, locate: _Where) -> np.ndarray:
             position = _first(bad)
             raise locate.error(position, name, "is not a boolean (0/1/true/false)", values.iloc[position])
         return numbers == 1
+    text = _arrow_text(values)
+    if text is not None:
+        true = pc.is_in(text, pa.array(sorted(_TRUE_TEXT)))
+        if pc.all(pc.or_(true, pc.is_in(text, pa.array(sorted(_FALSE_TEXT))))).as_py():
+            return np.asarray(true.to_numpy(zero_copy_only=False), dtype=bool)
+    values = _lenient(values)
 
     def to_bool(value):
         if value is True or value is False:
@@ -320,6 +372,21 @@ def _parse_times(values: pd.Series, locate: _Where) -> pd.Series:
         times = values
         if getattr(times.dt, "tz", None) is not None:
             times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif (text := _arrow_text(values)) is not None:
+        # A window has few distinct times (on block time, one per block): parse each once, as pandas does.
+        encoded = pc.dictionary_encode(text)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries().combine_chunks()
+        distinct = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
+                                  format=BLOCKCHAIR_TIME_FORMAT, errors="coerce")
+        times = pd.Series(distinct.to_numpy()[encoded.indices.to_numpy()])
+        failed = times.isna().to_numpy()
+        if failed.any():
+            position = _first(failed)
+            value = values.iloc[position]
+            if _is_blank_value(value):
+                raise locate.error(position, "time", "is missing (timestamp required)", value)
+            raise locate.error(position, "time", "is not a UTC timestamp 'YYYY-MM-DD HH:MM:SS'", value)
     else:
         times = pd.to_datetime(values, format=BLOCKCHAIR_TIME_FORMAT, errors="coerce")
         failed = times.isna().to_numpy()
@@ -337,12 +404,10 @@ def _parse_times(values: pd.Series, locate: _Where) -> pd.Series:
 
 
 def _parse_hashes(values: pd.Series, locate: _Where) -> np.ndarray:
-    try:  # fast path: one vectorised RE2 match (its $ is the end of the text, as fullmatch)
-        valid_text = pc.match_substring_regex(pa.array(values.to_numpy(), type=pa.string()), "^[0-9a-f]{64}$")
-        if pc.all(pc.fill_null(valid_text, False)).as_py():
-            return values.to_numpy(dtype=object)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass  # not all text: the per-value check below names the first bad row
+    text = _arrow_text(values)  # fast path: one vectorised RE2 match (its $ is the end of the text, as fullmatch)
+    if text is not None and pc.all(pc.match_substring_regex(text, "^[0-9a-f]{64}$")).as_py():
+        return values.to_numpy(dtype=object)
+    values = _lenient(values)  # not all valid: the per-value check below names the first bad row
     valid = values.map(lambda v: isinstance(v, str) and _HASH_PATTERN.fullmatch(v) is not None).to_numpy(dtype=bool)
     if not valid.all():
         position = _first(~valid)

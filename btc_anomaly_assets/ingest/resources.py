@@ -74,7 +74,9 @@ class TransactionSource(dg.ConfigurableResource):
             source=name,
             detail=", ".join(Path(f).name for f in result.files_read) or f"no dump file in {folder} covers the window",
             figures={"rows_scanned": result.rows_scanned, "rows_in_window": result.rows_in_window,
-                     "duplicates_dropped": result.duplicates_dropped},
+                     "duplicates_dropped": result.duplicates_dropped,
+                     # files Arrow's reader refused and the line reader read (a warning says why)
+                     "files_read_line_by_line": len(result.files_read_line_by_line)},
         )
 
     def _from_api(self, start: datetime, end: datetime, log) -> SourceBatch:
