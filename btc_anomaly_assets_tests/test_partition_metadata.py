@@ -5,7 +5,7 @@ from datetime import datetime
 import dagster as dg
 import pandas as pd
 
-from btc_anomaly_assets.common.dagster_helpers import add_minute_metadata, window_of
+from btc_anomaly_assets.common.dagster_helpers import add_minute_metadata, preview_metadata, window_of
 
 MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
                                             start=datetime(2025, 8, 13), end=datetime(2025, 8, 14))
@@ -17,7 +17,7 @@ def counted(context: dg.AssetExecutionContext):
     busy = pd.DataFrame({"tx_count": [7, 3], "value_moved_btc": [1.5, 0.25]},
                         index=[datetime(2025, 8, 13, 0, 5), datetime(2025, 8, 13, 0, 9)])
     add_minute_metadata(context, start, end, busy)
-    return dg.MaterializeResult(metadata={"window_tx_count": 10})
+    return dg.MaterializeResult(metadata={"window_tx_count": 10, **preview_metadata(context, dg.MetadataValue.md("| a |"))})
 
 
 def test_each_partition_gets_its_own_minute_and_quiet_minutes_get_zero():
@@ -27,10 +27,21 @@ def test_each_partition_gets_its_own_minute_and_quiet_minutes_get_zero():
     by_partition = {m.partition: {k: v.value for k, v in m.metadata.items()}
                     for m in result.asset_materializations_for_node("counted")}
     assert len(by_partition) == 60
+    # the run's preview table only on the range's last partition (the asset's latest materialization)
+    assert [key for key, metadata in by_partition.items() if "preview" in metadata] == ["2025-08-13-00:59"]
+    assert by_partition["2025-08-13-00:59"]["preview"] == "| a |" and by_partition["2025-08-13-00:59"]["tx_count"] == 0
+    by_partition["2025-08-13-00:59"].pop("preview")
     assert by_partition["2025-08-13-00:05"] == {"window_tx_count": 10, "tx_count": 7, "value_moved_btc": 1.5}
     assert by_partition["2025-08-13-00:09"]["tx_count"] == 3
     assert by_partition["2025-08-13-00:06"] == {"window_tx_count": 10, "tx_count": 0, "value_moved_btc": 0.0}
     assert isinstance(by_partition["2025-08-13-00:06"]["tx_count"], int)
+
+
+def test_a_single_partition_run_keeps_its_preview_in_the_result():
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([counted], instance=instance, partition_key="2025-08-13-00:05")
+    [materialization] = result.asset_materializations_for_node("counted")
+    assert materialization.metadata["preview"].value == "| a |" and materialization.metadata["tx_count"].value == 7
 
 
 def test_the_helper_uses_only_public_dagster_api():

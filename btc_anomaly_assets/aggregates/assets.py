@@ -14,6 +14,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     add_minute_metadata,
     column_schema,
     markdown_preview,
+    preview_metadata,
     window_of,
 )
 from btc_anomaly_assets.common.lake import lake_lock
@@ -83,8 +84,8 @@ def minute_aggregates(
             "window_empty_minutes": int(len(stored) - len(busy)),
             "time_basis": ", ".join(sorted(busy["time_basis"].dropna().unique())) or "none",
             "spark": connect_endpoint_label(pyspark.engine) if pyspark.engine.startswith("sc://") else pyspark.engine,
-            "preview": markdown_preview(busy[["minute", "tx_count", "block_count", "total_value_btc", "max_value_btc",
-                                              "median_fee_rate_sat_vb", "fan_in_10_count", "fan_out_10_count"]]),
+            **preview_metadata(context, markdown_preview(busy[["minute", "tx_count", "block_count", "total_value_btc", "max_value_btc",
+                                              "median_fee_rate_sat_vb", "fan_in_10_count", "fan_out_10_count"]])),
         },
         check_results=[
             dg.AssetCheckResult(check_name=v.name, passed=v.passed, severity=dg.AssetCheckSeverity.ERROR,

@@ -12,6 +12,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     add_minute_metadata,
     column_schema,
     markdown_preview,
+    preview_metadata,
     window_of,
 )
 from btc_anomaly_assets.common.partitions import minute_partitions
@@ -188,7 +189,7 @@ def anomaly_explanations(context: dg.AssetExecutionContext, explainer: Explainer
             "claude_outage": outage or "none",
             "claude_pending_explanations": len(owed) if claude_wanted else 0,
             **{f"explainer_{k}": v for k, v in stats.items() if isinstance(v, (int, float, str))},
-            "preview": markdown_preview(stored[["minute", "anomaly_id", "severity", "source", "confidence", "summary"]]),
+            **preview_metadata(context, markdown_preview(stored[["minute", "anomaly_id", "severity", "source", "confidence", "summary"]])),
         },
         check_results=[dg.AssetCheckResult(
             check_name=EVERY_FLAGGED_EXPLAINED,

@@ -16,6 +16,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     add_partition_metadata,
     column_schema,
     markdown_preview,
+    preview_metadata,
     window_of,
 )
 from btc_anomaly_assets.common.partitions import minute_partitions
@@ -141,7 +142,7 @@ def transaction_forecast(context: dg.AssetExecutionContext, config: ForecastConf
         metadata={
             "cutoff": str(stored["cutoff"].iloc[0]),
             "series": str(stored["series"].iloc[0]),
-            "preview": markdown_preview(stored[["ds", "step", "yhat", "yhat_lower", "yhat_upper"]], limit=30),
+            **preview_metadata(context, markdown_preview(stored[["ds", "step", "yhat", "yhat_lower", "yhat_upper"]], limit=30)),
         },
         check_results=[check],
     )

@@ -20,6 +20,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     column_schema,
     count_by_minute,
     markdown_preview,
+    preview_metadata,
     window_of,
 )
 from btc_anomaly_assets.common.lake import read_raw_window
@@ -133,7 +134,7 @@ def incidents(context: dg.AssetExecutionContext, warehouse: WarehouseResource, l
             "excursions_counted": len(counted),
             "excursions_set_aside_as_block_arrival": len(set_aside),
             "explorer_url": incident_settings.base_url(),
-            "preview": markdown_preview(in_window.sort_values("minute")[["incident_id", "severity", "headline", "top_tx_url"]]),
+            **preview_metadata(context, markdown_preview(in_window.sort_values("minute")[["incident_id", "severity", "headline", "top_tx_url"]])),
         },
         check_results=[
             dg.AssetCheckResult(check_name=EVERY_FINDING_ONCE, passed=not missing and not repeated,
