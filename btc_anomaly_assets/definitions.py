@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from btc_anomaly_assets.aggregates.assets import minute_aggregates
-from btc_anomaly_assets.aggregates.resources import build_pyspark_resource
+from btc_anomaly_assets.aggregates.resources import configured_pyspark_resource
 from btc_anomaly_assets.alerts.resources import AlertDestinationResource
 from btc_anomaly_assets.alerts.sensors import anomaly_alert_sensor, pipeline_failure_alert, send_anomaly_alert
 from btc_anomaly_assets.common import settings
@@ -57,9 +57,7 @@ def build_resources() -> dict:
             min_severity=env("BTC_ALERT_MIN_SEVERITY"),
             deliver_in_run=settings.is_on("BTC_ALERT_IN_RUN"),
         ),
-        # A dict-valued Spark config cannot hold EnvVars; SPARK_* are not secrets, so they are read here.
-        "pyspark": build_pyspark_resource(settings.env_value("SPARK_MASTER"), settings.env_value("SPARK_REMOTE"),
-                                          settings.env_value("SPARK_DRIVER_MEMORY")),
+        "pyspark": configured_pyspark_resource(),
     }
 
 

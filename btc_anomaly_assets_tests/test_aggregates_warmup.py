@@ -117,6 +117,40 @@ def test_a_run_starts_the_session_early_and_its_step_gets_that_one_session(monke
     assert seen[0] is seen[1]
 
 
+def test_a_session_started_before_the_run_is_the_one_the_run_uses(monkeypatch):
+    """The CLI starts the session before loading definitions; the run adopts it instead of a second one."""
+    built, seen = [], []
+    monkeypatch.setattr(SparkResource, "_build_session", _fake_build(built))
+    monkeypatch.setattr("btc_anomaly_assets.aggregates.resources.warm_up_aggregation", lambda session: None)
+    build_pyspark_resource("local[2]", None).start_in_background(_Log())
+    build_pyspark_resource("local[2]", None).start_in_background(_Log())  # a second call starts nothing more
+    _wait_for(lambda: built)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([_session_user(seen)], instance=instance,
+                                resources={"pyspark": build_pyspark_resource("local[2]", None)})
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success and built == ["spark-session-warmer"] and seen[0] is seen[1]
+    assert any("the one this process started before the run" in message for message in messages)
+
+    # adopted once: the next run (another configuration, or the same one again) starts its own
+    dg.materialize([_session_user(seen)], resources={"pyspark": build_pyspark_resource("local[2]", None)})
+    assert built == ["spark-session-warmer", "spark-session-warmer"]
+
+
+def test_a_prestarted_session_of_another_configuration_is_not_adopted(monkeypatch):
+    built, seen = [], []
+    monkeypatch.setattr(SparkResource, "_build_session", _fake_build(built))
+    monkeypatch.setattr("btc_anomaly_assets.aggregates.resources.warm_up_aggregation", lambda session: None)
+    build_pyspark_resource("local[1]", None).start_in_background(_Log())
+    _wait_for(lambda: built)
+    assert dg.materialize([_session_user(seen)], resources={"pyspark": build_pyspark_resource("local[2]", None)}).success
+    assert len(built) == 2
+    from btc_anomaly_assets.aggregates import spark_warmup
+
+    assert spark_warmup.adopt(build_pyspark_resource("local[1]", None)._config_key()) is not None  # still waiting
+
+
 def test_start_early_off_builds_in_the_step(monkeypatch):
     built, seen = [], []
     monkeypatch.setattr(SparkResource, "_build_session", _fake_build(built))

@@ -13,7 +13,7 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field, PrivateAttr
 
 from btc_anomaly_assets.aggregates.spark_session import DEFAULT_MASTER, SparkSettings, build_spark_session
-from btc_anomaly_assets.aggregates.spark_warmup import SessionWarmer, is_local_master, warm_up_aggregation
+from btc_anomaly_assets.aggregates.spark_warmup import SessionWarmer, adopt, is_local_master, prestart, warm_up_aggregation
 
 CLASSIC_CONF = {
     "spark.sql.shuffle.partitions": "8",  # the default 200 tasks cost more than the work on 2 cores
@@ -49,9 +49,27 @@ class SparkResource(LazyPySparkResource):
         # No teardown on purpose: it would make this a context-manager resource, which sensor
         # contexts built outside a ``with`` refuse; the thread is a daemon and the JVM ends with us.
         if self.start_early and context.dagster_run is not None and self._spark_session is None and self._warmer is None:
-            master = self.spark_config.get("spark.master")
-            warm_up = warm_up_aggregation if not self.spark_config.get("spark.remote") and is_local_master(master) else None
-            self._warmer = SessionWarmer(self._build_session, warm_up, context.log).start()
+            warmer = adopt(self._config_key())
+            if warmer is not None:
+                warmer.use_log(context.log)
+                context.log.info("Spark session: using the one this process started before the run")
+            self._warmer = warmer or self._new_warmer(context.log).start()
+
+    def start_in_background(self, log) -> None:
+        """Start this configuration's session (and warm-up) now, for the next run in this process to adopt.
+
+        The CLI's in-process run calls it before loading the definitions, so the JVM starts while
+        Python imports, loads them and creates the run (about 5 s on the other core)."""
+        if self.start_early:
+            prestart(self._config_key(), lambda: self._new_warmer(log))
+
+    def _config_key(self) -> tuple:
+        return tuple(sorted(self.spark_config.items()))
+
+    def _new_warmer(self, log) -> SessionWarmer:
+        master = self.spark_config.get("spark.master")
+        warm_up = warm_up_aggregation if not self.spark_config.get("spark.remote") and is_local_master(master) else None
+        return SessionWarmer(self._build_session, warm_up, log)
 
     def _init_session(self) -> None:
         if self._spark_session is None:
@@ -86,3 +104,12 @@ def spark_config(master: str | None, remote: str | None, driver_memory: str | No
 
 def build_pyspark_resource(master: str | None, remote: str | None, driver_memory: str | None = None) -> SparkResource:
     return SparkResource(spark_config=spark_config(master, remote, driver_memory))
+
+
+def configured_pyspark_resource() -> SparkResource:
+    """The resource the definitions use, from SPARK_MASTER / SPARK_REMOTE / SPARK_DRIVER_MEMORY
+    (a dict-valued Spark config cannot hold EnvVars; SPARK_* are not secrets, so they are read here)."""
+    from btc_anomaly_assets.common import settings
+
+    return build_pyspark_resource(settings.env_value("SPARK_MASTER"), settings.env_value("SPARK_REMOTE"),
+                                  settings.env_value("SPARK_DRIVER_MEMORY"))

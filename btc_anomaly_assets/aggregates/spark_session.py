@@ -98,9 +98,12 @@ def _build_classic_session(master: str, app_name: str, conf: dict[str, str]) -> 
         # Bind the local driver to loopback (no "hostname resolves to a loopback address" warning) and
         # keep its banner out of the terminal; a cluster master keeps the cluster's own settings.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # A local driver also starts from the class archive, when `btc-anomaly spark-class-archive` made one.
+        from btc_anomaly_assets.aggregates.spark_class_archive import java_options as class_archive_options
+
         quiet = f"-Dlog4j2.configurationFile={Path(__file__).with_name('log4j2-quiet.properties').as_uri()}"
         options = conf.get("spark.driver.extraJavaOptions", CLASSIC_DEFAULT_CONF.get("spark.driver.extraJavaOptions", ""))
-        conf = {**conf, "spark.driver.extraJavaOptions": f"{options} {quiet}".strip()}
+        conf = {**conf, "spark.driver.extraJavaOptions": f"{options} {quiet} {class_archive_options()}".strip()}
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in {**CLASSIC_DEFAULT_CONF, **conf}.items():
         builder = builder.config(key, value)

@@ -8,6 +8,11 @@ masters only, where this process's temp folder is the executors' filesystem) agg
 minute of a two-row lake written to a temporary folder. The real step then waits for the
 thread and finds a warm JVM.
 
+A process that knows it is about to run the aggregation (the CLI's in-process run) can start the
+warmer before it even loads the definitions (``prestart``): the JVM then starts while Python
+imports, loads definitions and creates the run, on the core those leave idle. The run's resource
+adopts that warmer (``adopt``, same Spark configuration only) instead of starting a second one.
+
 Nothing of the warm-up reaches the outputs: its lake is a private temp folder, deleted after.
 Failures are not hidden: a session that cannot be built raises the same error in the step that
 needs it; a failed warm-up query is only logged (the session is still usable).
@@ -61,6 +66,23 @@ def _warmup_row(minute: datetime, index: int) -> dict:
             "time_basis": "block"}
 
 
+_prestarted: dict[tuple, "SessionWarmer"] = {}
+_prestarted_lock = threading.Lock()
+
+
+def prestart(config_key: tuple, make_warmer: Callable[[], "SessionWarmer"]) -> None:
+    """Start a warmer for this Spark configuration now, unless one is already waiting to be adopted."""
+    with _prestarted_lock:
+        if config_key not in _prestarted:
+            _prestarted[config_key] = make_warmer().start()
+
+
+def adopt(config_key: tuple) -> "SessionWarmer | None":
+    """The warmer ``prestart`` started for this configuration (each is adopted once), or None."""
+    with _prestarted_lock:
+        return _prestarted.pop(config_key, None)
+
+
 class SessionWarmer:
     """Builds a Spark session in a daemon thread; ``result()`` waits for it.
 
@@ -81,6 +103,10 @@ class SessionWarmer:
     def start(self) -> SessionWarmer:
         self._thread.start()
         return self
+
+    def use_log(self, log: Any) -> None:
+        """Report to ``log`` from now on (a prestarted warmer adopted by a run: the run's log)."""
+        self._log = log
 
     def _run(self) -> None:
         began = time.monotonic()

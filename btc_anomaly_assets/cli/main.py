@@ -100,6 +100,14 @@ def run_range(start_key: str, end_key: str, title: str = "btc-anomaly backfill")
 
 def _run_in_process(start_key: str, last_key: str) -> tuple[bool, str, float, list[str], str]:
     """The whole job in this process (no webserver, no daemon); delivers its alerts in this process too."""
+    import logging
+
+    from btc_anomaly_assets.aggregates.resources import configured_pyspark_resource
+
+    # The run's aggregation step needs a Spark session: start it now, on the core that importing
+    # and loading the definitions and creating the run leave idle (the run adopts it).
+    configured_pyspark_resource().start_in_background(logging.getLogger("btc_anomaly_assets.spark"))
+
     import dagster as dg
 
     from btc_anomaly_assets.cli.launch import check_notes
@@ -193,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     from btc_anomaly_assets.cli.collect import add_collect_arguments
 
     add_collect_arguments(sub.add_parser("collect", help="run the push collector (BTC_SOURCE=mempool-space|bitcoin-core) into the landing zone"))
+    sub.add_parser("spark-class-archive",
+                   help="write the Java class archive local Spark drivers start from (once per install; ~25 s)")
     sub.add_parser("spark-connect-server", add_help=False,
                    help="run a local Spark Connect server from the installed pyspark until Ctrl-C (--port 15002)")
     args, extra = parser.parse_known_args(argv)
@@ -218,6 +228,10 @@ def _run_command(args: argparse.Namespace, extra: list[str]) -> int:
 
         spark_server_main(extra)
         return 0
+    if args.command == "spark-class-archive":
+        from btc_anomaly_assets.aggregates.spark_class_archive import main as class_archive_main
+
+        return class_archive_main([])
     check_configuration()
     if args.command == "demo":
         if settings.env_value("BTC_SOURCE") != "sample":

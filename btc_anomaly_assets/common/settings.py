@@ -43,6 +43,7 @@ SETTINGS: list[Setting] = [
     Setting("SPARK_REMOTE", None, "Spark Connect endpoint `sc://host:15002`: run the aggregation on a Connect server (the live path)"),
     Setting("SPARK_MASTER", "local[*]", "Classic Spark master when `SPARK_REMOTE` is unset: `local[*]`, `spark://host:7077`, `yarn`, `k8s://…`"),
     Setting("SPARK_DRIVER_MEMORY", "512m", "Driver heap of a classic Spark session (local or client mode); a day of minutes needs well under 512m"),
+    Setting("SPARK_CLASS_ARCHIVE", None, "Folder of the Java class archive local Spark drivers start from (about 2x faster JVM start; made once by `btc-anomaly spark-class-archive`). Default `~/.cache/btc-anomaly-assets`; `off`: never use one"),
     Setting("BTC_DETECTION_MODE", "default", "`default` (time-basis aware, causal, robust) or `seed_parity` (the tutorial's exact rules)"),
     Setting("BTC_DETECTION_PRIORS", "builtin", "Detection baselines at cold start: `builtin` (the shipped table from 31 real blocks), `none` (detection v1) or a path to a priors JSON"),
     Setting("BTC_CLUSTER_SEVERITY_PRESET", "default", "CoinJoin / dust label severities: `default`, `compliance` (mixing = medium) or `privacy_research` (mixing = info)"),
