@@ -68,8 +68,8 @@ def add_minute_metadata(context: dg.AssetExecutionContext, start: datetime, end:
     add_partition_metadata(context, {key: figures for key, figures in by_minute.items() if figures != shared})
 
 
-def preview_metadata(context: dg.AssetExecutionContext, preview) -> dict:
-    """``{"preview": preview}`` for the run's ``MaterializeResult``; in a run over a range of
+def preview_metadata(context: dg.AssetExecutionContext, preview, name: str = "preview") -> dict:
+    """``{name: preview}`` for the run's ``MaterializeResult``; in a run over a range of
     partitions the preview goes on the range's last partition only, and this returns ``{}``.
 
     Dagster copies a range run's metadata onto every partition's materialization: a 4-6 KB preview
@@ -78,9 +78,9 @@ def preview_metadata(context: dg.AssetExecutionContext, preview) -> dict:
     asset's latest, the one its page shows; every partition keeps its own figures.
     """
     if context.has_partition_key_range and context.partition_key_range.start != context.partition_key_range.end:
-        context.add_asset_metadata({"preview": preview}, partition_key=context.partition_key_range.end)
+        context.add_asset_metadata({name: preview}, partition_key=context.partition_key_range.end)
         return {}
-    return {"preview": preview}
+    return {name: preview}
 
 
 def add_partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict]) -> None:

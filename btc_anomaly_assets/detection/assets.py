@@ -19,6 +19,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     column_schema,
     count_by_minute,
     markdown_preview,
+    preview_metadata,
     window_of,
 )
 from btc_anomaly_assets.common.lake import read_raw_window
@@ -110,7 +111,8 @@ def ewma_anomalies(context: dg.AssetExecutionContext, detection: DetectionSettin
             "priors": _priors_label(detection),
             "baseline_sources": _sources(scored),
             "window_flagged_minutes": int(flagged["minute"].nunique()),
-            "flagged_preview": markdown_preview(flagged[["minute", "metric", "value", "baseline", "z_score", "severity", "rule"]]),
+            **preview_metadata(context, markdown_preview(flagged[["minute", "metric", "value", "baseline", "z_score", "severity",
+                                                                  "rule"]]), "flagged_preview"),
         },
         check_results=[
             dg.AssetCheckResult(check_name=EVERY_MINUTE_SCORED, passed=scored_once,
@@ -172,8 +174,8 @@ def coordinated_clusters(context: dg.AssetExecutionContext, detection: Detection
             "priors": _priors_label(detection),
             "baseline_sources": _sources(clusters),
             "window_clusters": len(clusters),
-            "flagged_preview": markdown_preview(flagged[["minute", "pattern", "tx_count", "total_value_btc", "score", "severity",
-                                                         "sample_tx_hash"]]),
+            **preview_metadata(context, markdown_preview(flagged[["minute", "pattern", "tx_count", "total_value_btc", "score",
+                                                                  "severity", "sample_tx_hash"]]), "flagged_preview"),
         },
         check_results=[dg.AssetCheckResult(
             check_name=MEMBERS_IN_RAW, passed=not orphans, severity=dg.AssetCheckSeverity.ERROR,
