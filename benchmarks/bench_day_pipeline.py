@@ -117,11 +117,15 @@ def run_with_peak(cmd: list[str], env: dict, cwd: Path, m: Measurement) -> float
     return launched
 
 
-def read_event_log(dagster_home: Path, launched: float, m: Measurement) -> None:
+def read_event_log(dagster_home: Path, launched: float, m: Measurement, pg_url: str | None = None) -> None:
     """Per-step seconds, the pieces outside the steps, and the event records by type."""
     import dagster as dg
 
     os.environ["DAGSTER_HOME"] = str(dagster_home)
+    if pg_url:  # the dagster.yaml names the database through this variable
+        os.environ["BTC_DAGSTER_PG_URL"] = pg_url
+    else:
+        os.environ.pop("BTC_DAGSTER_PG_URL", None)
     instance = dg.DagsterInstance.from_config(str(dagster_home))
     try:
         run = instance.get_run_records(filters=dg.RunsFilter(job_name="btc_pipeline"), limit=1)[0].dagster_run
@@ -200,7 +204,7 @@ def one_run(label: str, tree: Path, dumps: Path, work: Path, pg_url: str | None 
         env["BTC_DAGSTER_PG_URL"] = pg_url
     cmd = [sys.executable, "-m", "btc_anomaly_assets.cli.main", "backfill", START_KEY, END_KEY]
     launched = run_with_peak(cmd, env, tree, m)
-    read_event_log(data / "dagster_home", launched, m)
+    read_event_log(data / "dagster_home", launched, m, pg_url)
     m.floor, floor_rows = duckdb_floor(data / "lake")
     print(f"  {label}: {m.wall:.1f} s wall, {m.cpu:.1f} s CPU, peak {m.peak / 2**30:.2f} GB, "
           f"minute_aggregates {m.steps.get('btc__minute_aggregates', float('nan')):.1f} s, floor {m.floor:.2f} s "
@@ -279,7 +283,7 @@ def main() -> None:
         for label, tree, storage in configs:
             run_dir = work / f"{label.split()[0]}-{i}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            pg_url = server.sqlalchemy_url(server.new_database("day")) if storage == "postgres" else None
+            pg_url = server.new_database("day") if storage == "postgres" else None
             results[label].append(one_run(label, tree, dumps, run_dir, pg_url))
             with open(work / "measurements.jsonl", "a") as out:  # raw figures, one line per run
                 out.write(json.dumps({k: dict(v) if isinstance(v, Counter) else v for k, v in vars(results[label][-1]).items() if k != "output"}) + "\n")

@@ -11,6 +11,7 @@ import pytest
 
 from btc_anomaly_assets.instance import dagster_yaml as dy
 from btc_anomaly_assets.instance.postgres_storage import PooledPostgresEventLogStorage
+from btc_anomaly_assets.instance.event_log import BatchedPostgresEventLogStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 # The one module allowed on Dagster's private API (pinned, with its upgrade test in test_instance_storage.py).
@@ -71,7 +72,9 @@ def test_postgres_instance_on_a_real_server(tmp_path, monkeypatch, postgres_serv
     monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
     (tmp_path / "dagster.yaml").write_text(dy.dagster_yaml(tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as inst:
-        assert type(inst.event_log_storage) is PooledPostgresEventLogStorage
+        # the pooled storage, with planned events in batches (the private-API module, checked on this Dagster)
+        assert type(inst.event_log_storage) is BatchedPostgresEventLogStorage
+        assert isinstance(inst.event_log_storage, PooledPostgresEventLogStorage)
         assert type(inst.run_storage).__name__ == "PostgresRunStorage"
         assert type(inst.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert inst.event_log_storage.supports_global_concurrency_limits  # the duckdb pool works on Postgres

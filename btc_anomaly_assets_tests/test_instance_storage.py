@@ -9,6 +9,7 @@ back - materializations per partition, planned events, failed partitions, the as
 check history and the run's log - must be identical.
 """
 
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -16,8 +17,12 @@ import dagster
 import dagster as dg
 import pytest
 
-from btc_anomaly_assets.instance.dagster_yaml import batched_sqlite_available, dagster_yaml
-from btc_anomaly_assets.instance.event_log import TESTED_DAGSTER_VERSION, BatchedSqliteEventLogStorage
+from btc_anomaly_assets.instance.dagster_yaml import PG_URL_ENV, batched_sqlite_available, dagster_yaml
+from btc_anomaly_assets.instance.event_log import (
+    TESTED_DAGSTER_VERSION,
+    BatchedPostgresEventLogStorage,
+    BatchedSqliteEventLogStorage,
+)
 
 MINUTES = dg.TimeWindowPartitionsDefinition(cron_schedule="* * * * *", fmt="%Y-%m-%d-%H:%M",
                                             start=datetime(2025, 8, 13), end=datetime(2025, 8, 13, 2))
@@ -40,9 +45,19 @@ def failing() -> None:
     raise RuntimeError("bad input in this window")
 
 
-def _instance(home: Path, batched: bool) -> dg.DagsterInstance:
+def _instance(home: Path, batched: bool, pg_url: str | None = None) -> dg.DagsterInstance:
+    """A SQLite instance, or with ``pg_url`` a PostgreSQL one (stock: dagster-postgres' own event log)."""
     home.mkdir()
-    (home / "dagster.yaml").write_text(dagster_yaml(home, postgres=False, sqlite_store="batched" if batched else "stock"))
+    if pg_url is None:
+        (home / "dagster.yaml").write_text(dagster_yaml(home, postgres=False, sqlite_store="batched" if batched else "stock"))
+        return dg.DagsterInstance.from_config(str(home))
+    text = dagster_yaml(home, postgres=True)
+    assert "class: BatchedPostgresEventLogStorage" in text
+    if not batched:
+        text = text.replace("module: btc_anomaly_assets.instance.event_log\n  class: BatchedPostgresEventLogStorage",
+                            "module: dagster_postgres\n  class: PostgresEventLogStorage")
+    (home / "dagster.yaml").write_text(text)
+    os.environ[PG_URL_ENV] = pg_url  # read when the instance is created
     return dg.DagsterInstance.from_config(str(home))
 
 
@@ -62,6 +77,8 @@ def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
                                                                asset_key=KEY), limit=1000, ascending=True)
     failing_status = instance.get_status_by_partition(dg.AssetKey(["btc", "failing"]), MINUTES.get_partition_keys(), MINUTES)
     [record] = instance.get_asset_records([KEY])
+    # the failing asset's row exists only through its planned events (they set its last run)
+    failing_records = instance.get_asset_records([dg.AssetKey(["btc", "failing"])])
     checks = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(KEY, "rows_positive"), limit=1000)
     return {
         "materialized": [(position[r.run_id], r.partition_key,
@@ -72,6 +89,7 @@ def _readback(instance: dg.DagsterInstance, run_ids: list[str]) -> dict:
         "failed_partitions": sorted(k for k, status in failing_status.items() if status == dg.AssetPartitionStatus.FAILED),
         "last_materialization": (record.asset_entry.last_materialization_record.partition_key,
                                  position[record.asset_entry.last_run_id]),
+        "failing_asset_last_run": [position.get(r.asset_entry.last_run_id) for r in failing_records],
         "checks": sorted((position[c.run_id], c.partition or "", c.status.value) for c in checks),
         # each check row carries the planned (or evaluation) event itself
         "check_events": sorted((position[c.run_id], c.partition or "", c.event.dagster_event_type.value,
@@ -110,6 +128,31 @@ def test_batched_storage_reads_back_exactly_like_the_stock_storage(tmp_path, mon
         assert actual[key] == expected[key], key
     # the 60-partition runs went to storage as whole batches, not event by event
     assert batches.count(60) >= 4
+
+
+def test_batched_postgres_storage_reads_back_exactly_like_dagster_postgres(tmp_path, monkeypatch, postgres_server):
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "5000")
+    monkeypatch.setenv(PG_URL_ENV, "unset")  # restored after the test; each instance sets its own database
+    batches: list[int] = []
+    store = BatchedPostgresEventLogStorage._store_run
+    monkeypatch.setattr(BatchedPostgresEventLogStorage, "_store_run",
+                        lambda self, events: (batches.append((events[0].dagster_event_type.value, len(events))),
+                                              store(self, events))[1])
+
+    with _instance(tmp_path / "stock", False, postgres_server.new_database("stock")) as stock:
+        assert type(stock.event_log_storage).__name__ == "PostgresEventLogStorage"
+        expected = _readback(stock, _run_everything(stock))
+    with _instance(tmp_path / "batched", True, postgres_server.new_database("batched")) as batched:
+        assert type(batched.event_log_storage) is BatchedPostgresEventLogStorage
+        actual = _readback(batched, _run_everything(batched))
+
+    assert len(expected["planned"]) == 120 and len(expected["failed_partitions"]) == 60
+    assert sum(status == "PLANNED" for _, _, status in expected["checks"]) == 120
+    assert expected["failing_asset_last_run"] == [2]
+    for key in expected:
+        assert actual[key] == expected[key], key
+    # each run's 60 planned events went to the database as one batch
+    assert batches.count(("ASSET_MATERIALIZATION_PLANNED", 60)) >= 3
 
 
 def test_batching_is_switched_on_by_the_storage_itself(tmp_path, monkeypatch):

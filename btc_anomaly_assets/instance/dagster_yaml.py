@@ -34,8 +34,8 @@ telemetry:
 
 _POSTGRES_STORAGE = f"""\
 # Dagster on PostgreSQL (dagster-postgres): every process that opens this instance (webserver,
-# daemon, btc-anomaly, a collector) needs {PG_URL_ENV} in its environment. The event log is
-# dagster-postgres' own with one pooled connection per process (instance/postgres_storage.py).
+# daemon, btc-anomaly, a collector) needs {PG_URL_ENV} in its environment.
+# {{event_log_note}}
 run_storage:
   module: dagster_postgres
   class: PostgresRunStorage
@@ -43,8 +43,8 @@ run_storage:
     postgres_url:
       env: {PG_URL_ENV}
 event_log_storage:
-  module: btc_anomaly_assets.instance.postgres_storage
-  class: PooledPostgresEventLogStorage
+  module: btc_anomaly_assets.instance.{{event_log_module}}
+  class: {{event_log_class}}
   config:
     postgres_url:
       env: {PG_URL_ENV}
@@ -135,7 +135,16 @@ def dagster_yaml(home: Path | str, postgres: bool | None = None, sqlite_store: s
     if postgres is None:
         postgres = use_postgres()
     if postgres:
-        return _HEADER.format(kind="PostgreSQL") + _POSTGRES_STORAGE + _COMMON
+        if batched_sqlite_available():  # the private-API module was checked against this Dagster
+            event_log = dict(event_log_module="event_log", event_log_class="BatchedPostgresEventLogStorage",
+                             event_log_note="The event log is dagster-postgres' own with one pooled connection per\n"
+                             "# process, storing planned events in batches (instance/event_log.py, checked against "
+                             f"Dagster {_dagster_version()}).")
+        else:
+            event_log = dict(event_log_module="postgres_storage", event_log_class="PooledPostgresEventLogStorage",
+                             event_log_note="The event log is dagster-postgres' own with one pooled connection per\n"
+                             "# process (instance/postgres_storage.py).")
+        return _HEADER.format(kind="PostgreSQL") + _POSTGRES_STORAGE.format(**event_log) + _COMMON
     if sqlite_store not in {"auto", "batched", "stock"}:
         raise ValueError(f"sqlite_store={sqlite_store!r}: expected auto, batched or stock")
     batched = sqlite_store == "batched" or (sqlite_store == "auto" and batched_sqlite_available())
