@@ -17,6 +17,9 @@ single run, persistent SQLite instance, classic local Spark, rule-based explaine
 temp folder, run with its own code on ``PYTHONPATH``) on the same dump, alternating with this
 tree (new, old, new, old, ...), so both are measured in one run on a shared machine; it prints
 the medians of each and their ratio. Goals (issue 17): <= 30 s wall, <= 1.2 GB peak on 2 cores.
+``--postgres`` adds this tree on Dagster-on-PostgreSQL (a server the script starts; goal <= 40 s).
+Local Spark drivers start from the class archive when one exists (``btc-anomaly
+spark-class-archive``; ``SPARK_CLASS_ARCHIVE=off`` measures without); the first line says which.
 """
 
 from __future__ import annotations
@@ -267,6 +270,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     dumps = work / "dumps"
     dumps.mkdir(exist_ok=True)
+    from btc_anomaly_assets.aggregates.spark_class_archive import java_options
+
+    # Whether this tree's local Spark drivers start from a class archive (made once by
+    # `btc-anomaly spark-class-archive`); a baseline tree without the feature ignores it.
+    print("Spark class archive: " + (java_options().split("=", 1)[1] if java_options() else
+                                     "none (run `btc-anomaly spark-class-archive` once to use one)"))
     day = synthetic_day(args.target_rows)
     write_dump(day, dumps)
     configs = [("this tree", REPO, None)]

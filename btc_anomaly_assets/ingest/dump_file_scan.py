@@ -157,7 +157,7 @@ class _TimeParser:
 
 
 def _scan_file_arrow(path: Path, start: datetime, end: datetime, log: logging.Logger) -> FileScan:
-    """``_scan_file_by_line``'s result, read by Arrow in blocks of text columns.
+    """``scan_file_by_line``'s result, read by Arrow in blocks of text columns.
 
     The early-stop rule and the window test look only at the rows where the (block_id, time) text
     changes (a block's rows are consecutive): a few hundred per day instead of every line. Data
