@@ -50,6 +50,14 @@ def test_postgres_yaml_reads_the_url_from_the_environment_and_never_holds_it(tmp
     assert "run_monitoring:\n  enabled: true" in text
 
 
+def test_on_an_unchecked_dagster_the_postgres_yaml_names_the_public_api_event_log(tmp_path, monkeypatch):
+    assert "class: BatchedPostgresEventLogStorage" in dy.dagster_yaml(tmp_path, postgres=True)
+    monkeypatch.setattr(dy, "batched_sqlite_available", lambda: False)
+    text = dy.dagster_yaml(tmp_path, postgres=True)
+    assert "module: btc_anomaly_assets.instance.postgres_storage\n  class: PooledPostgresEventLogStorage" in text
+    assert "event_log" not in text.split("event_log_storage:")[1].split("schedule_storage:")[0].replace("event_log_storage", "")
+
+
 def test_without_the_url_the_yaml_is_sqlite_under_dagster_home(tmp_path, monkeypatch):
     monkeypatch.delenv(dy.PG_URL_ENV, raising=False)
     text = dy.dagster_yaml(tmp_path)

@@ -202,9 +202,11 @@ def prepare_dagster_home() -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(dagster_yaml(home))
-        if not use_postgres() and not batched_sqlite_available():
-            print(f"note: Dagster {_dagster_version()} is not the version the batched SQLite event log was checked "
-                  "against; using Dagster's stock SQLite storage (slower bookkeeping on long ranges)", file=sys.stderr)
+        if not batched_sqlite_available():
+            instead = ("the pooled PostgreSQL event log without batched planned events" if use_postgres()
+                       else "Dagster's stock SQLite storage")
+            print(f"note: Dagster {_dagster_version()} is not the version the batched event logs were checked "
+                  f"against; using {instead} (slower bookkeeping on long ranges)", file=sys.stderr)
     else:
         note = storage_mismatch(config.read_text())
         if note:
