@@ -372,23 +372,8 @@ def _parse_times(values: pd.Series, locate: _Where) -> pd.Series:
         times = values
         if getattr(times.dt, "tz", None) is not None:
             times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif (text := _arrow_text(values)) is not None:
-        # A window has few distinct times (on block time, one per block): parse each once, as pandas does.
-        encoded = pc.dictionary_encode(text)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.unify_dictionaries().combine_chunks()
-        distinct = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
-                                  format=BLOCKCHAIR_TIME_FORMAT, errors="coerce")
-        times = pd.Series(distinct.to_numpy()[encoded.indices.to_numpy()])
-        failed = times.isna().to_numpy()
-        if failed.any():
-            position = _first(failed)
-            value = values.iloc[position]
-            if _is_blank_value(value):
-                raise locate.error(position, "time", "is missing (timestamp required)", value)
-            raise locate.error(position, "time", "is not a UTC timestamp 'YYYY-MM-DD HH:MM:SS'", value)
     else:
-        times = pd.to_datetime(values, format=BLOCKCHAIR_TIME_FORMAT, errors="coerce")
+        times = _parse_time_text(values)
         failed = times.isna().to_numpy()
         if failed.any():
             position = _first(failed)
@@ -401,6 +386,20 @@ def _parse_times(values: pd.Series, locate: _Where) -> pd.Series:
         position = _first(missing)
         raise locate.error(position, "time", "is missing (timestamp required)", values.iloc[position])
     return pd.Series(times.to_numpy().astype("datetime64[us]"))
+
+
+def _parse_time_text(values: pd.Series) -> pd.Series:
+    """Blockchair time text as datetimes, NaT where a value does not parse (one per input row)."""
+    text = _arrow_text(values)
+    if text is None:
+        return pd.to_datetime(values, format=BLOCKCHAIR_TIME_FORMAT, errors="coerce")
+    # A window has few distinct times (on block time, one per block): parse each once, as pandas does.
+    encoded = pc.dictionary_encode(text)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries().combine_chunks()
+    distinct = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
+                              format=BLOCKCHAIR_TIME_FORMAT, errors="coerce")
+    return pd.Series(distinct.to_numpy()[encoded.indices.to_numpy()])
 
 
 def _parse_hashes(values: pd.Series, locate: _Where) -> np.ndarray:
