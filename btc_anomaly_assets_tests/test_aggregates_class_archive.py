@@ -53,7 +53,8 @@ def test_sessions_get_the_archive_only_once_it_exists(monkeypatch, tmp_path):
 
 def _fake_child(writes: bytes | None, returncode: int = 0, output: str = ""):
     def run(cmd, **kwargs):
-        assert cmd[1:3] == ["-m", archive.__name__] and cmd[3] == "--dump"
+        assert cmd[1:3] == ["-m", archive.MODULE] and cmd[3] == "--dump"
+        assert archive.MODULE == archive.__name__
         assert kwargs["env"][archive.ENV] == "off"  # the dumping JVM must not start from an old archive
         if writes is not None:
             Path(cmd[4]).write_bytes(writes)
@@ -78,6 +79,19 @@ def test_a_failed_build_says_so_and_leaves_no_archive(monkeypatch, tmp_path, wri
         archive.build_archive()
     assert "OutOfMemoryError" in str(raised.value)
     assert list(tmp_path.iterdir()) == [] and archive.java_options() == ""
+
+
+def test_a_build_that_never_ends_is_stopped_and_named(monkeypatch, tmp_path):
+    monkeypatch.setenv(archive.ENV, str(tmp_path))
+
+    def hang(cmd, **kwargs):
+        Path(cmd[4]).write_bytes(b"half an archive")
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(archive.subprocess, "run", hang)
+    with pytest.raises(RuntimeError, match=r"did not finish within 5 s"):
+        archive.build_archive(timeout=5)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_command_reports_a_switched_off_archive(monkeypatch, capsys):

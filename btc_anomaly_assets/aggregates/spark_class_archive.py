@@ -4,8 +4,8 @@ A classic Spark session loads ~15,000 classes from pyspark's jars before its fir
 parses and verifies each one, in every process. Java 17 can write the classes a run loaded to an
 archive at exit (``-XX:ArchiveClassesAtExit``) and map them from it in later JVMs
 (``-XX:SharedArchiveFile``). Measured on 2 cores: session start 5.0 -> 2.5 s of JVM CPU, the
-first (warm-up) aggregation 6.9 -> 4.2 s; the archive is ~190 MB and writing it costs one slower
-run (~25 s), so it is made once, on request:
+first (warm-up) aggregation 6.9 -> 4.2 s; the archive is ~180 MB and writing it costs one slower
+run (~33 s), so it is made once, on request:
 
     btc-anomaly spark-class-archive
 
@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ENV = "SPARK_CLASS_ARCHIVE"
+# The dumping child runs this module by name (``__name__`` is ``__main__`` under ``python -m``).
+MODULE = "btc_anomaly_assets.aggregates.spark_class_archive"
 DEFAULT_FOLDER = Path("~/.cache/btc-anomaly-assets")
 OFF = ("off", "none", "no", "0", "false")
 
@@ -92,8 +94,12 @@ def build_archive(*, timeout: float = 600.0) -> tuple[Path, float]:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     began = time.monotonic()
-    child = subprocess.run([sys.executable, "-m", __name__, "--dump", str(partial)], capture_output=True, text=True,
-                           timeout=timeout, env={**os.environ, ENV: "off"})
+    try:
+        child = subprocess.run([sys.executable, "-m", MODULE, "--dump", str(partial)], capture_output=True, text=True,
+                               timeout=timeout, env={**os.environ, ENV: "off"})
+    except subprocess.TimeoutExpired:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"the JVM writing the class archive {partial} did not finish within {timeout:.0f} s") from None
     if child.returncode != 0 or not partial.is_file() or partial.stat().st_size == 0:
         partial.unlink(missing_ok=True)
         tail = (child.stdout + child.stderr).strip().splitlines()[-15:]
