@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_collect_arguments(sub.add_parser("collect", help="run the push collector (BTC_SOURCE=mempool-space|bitcoin-core) into the landing zone"))
     sub.add_parser("spark-class-archive",
-                   help="write the Java class archive local Spark drivers start from (once per install; ~25 s)")
+                   help="write the Java class archive local Spark drivers start from (once per install; ~30 s)")
     sub.add_parser("spark-connect-server", add_help=False,
                    help="run a local Spark Connect server from the installed pyspark until Ctrl-C (--port 15002)")
     args, extra = parser.parse_known_args(argv)

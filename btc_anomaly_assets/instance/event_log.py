@@ -60,8 +60,14 @@ def _is_plain_asset_event(event: EventLogEntry) -> bool:
     return bool(event.is_dagster_event and event.dagster_event_type in ASSET_EVENTS and event.dagster_event.asset_key)
 
 
-class _CheckPlannedRowsOnce:
-    """Mixed into both storages (a ``SqlEventLogStorage`` subclass)."""
+class _BatchedWrites:
+    """What both storages (``SqlEventLogStorage`` subclasses) write the same way."""
+
+    def _store_asset_rows(self, conn, events: list[EventLogEntry], event_ids: list[int]) -> None:
+        """A batch's tags, and each asset key row as the batch's events in order would leave it."""
+        self._store_asset_event_tags(conn, events, event_ids)
+        for event, event_id in _last_event_per_asset_and_type(events, event_ids):
+            self._store_asset_event(conn, event, event_id)
 
     def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
         """The stock rows (one PLANNED row per partition of the run's check), with the event serialized
@@ -82,7 +88,7 @@ class _CheckPlannedRowsOnce:
             conn.execute(AssetCheckExecutionsTable.insert(), [{**shared, "partition": key} for key in partition_keys])
 
 
-class BatchedSqliteEventLogStorage(_CheckPlannedRowsOnce, SqliteEventLogStorage):
+class BatchedSqliteEventLogStorage(_BatchedWrites, SqliteEventLogStorage):
     """``SqliteEventLogStorage`` whose ``store_event_batch`` uses one transaction per shard.
 
     Configure in ``dagster.yaml`` (``btc-anomaly`` writes this)::
@@ -134,16 +140,14 @@ class BatchedSqliteEventLogStorage(_CheckPlannedRowsOnce, SqliteEventLogStorage)
                 event_ids = [row.id for row in inserted]
             else:
                 event_ids = [conn.execute(SqlEventLogStorageTable.insert().values(**row)).inserted_primary_key[0] for row in rows]
-            self._store_asset_event_tags(conn, events, event_ids)
-            for event, event_id in _last_event_per_asset_and_type(events, event_ids):
-                self._store_asset_event(conn, event, event_id)
+            self._store_asset_rows(conn, events, event_ids)
 
 
 def _is_planned_asset_event(event: EventLogEntry) -> bool:
     return _is_plain_asset_event(event) and event.dagster_event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
 
 
-class BatchedPostgresEventLogStorage(_CheckPlannedRowsOnce, PooledPostgresEventLogStorage):
+class BatchedPostgresEventLogStorage(_BatchedWrites, PooledPostgresEventLogStorage):
     """``PooledPostgresEventLogStorage`` that stores a run of planned events like a run of materializations.
 
     Configured like it (``postgres_url``); ``btc-anomaly`` writes it into a Postgres ``dagster.yaml``.
@@ -171,9 +175,7 @@ class BatchedPostgresEventLogStorage(_CheckPlannedRowsOnce, PooledPostgresEventL
                 SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True), rows)
             event_ids = [row.id for row in inserted]
         with self.index_transaction() as conn:
-            self._store_asset_event_tags(conn, events, event_ids)
-            for event, event_id in _last_event_per_asset_and_type(events, event_ids):
-                self._store_asset_event(conn, event, event_id)
+            self._store_asset_rows(conn, events, event_ids)
 
 
 def _last_event_per_asset_and_type(events: list[EventLogEntry], event_ids: list[int]) -> list[tuple[EventLogEntry, int]]:
