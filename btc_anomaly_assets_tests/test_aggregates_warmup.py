@@ -151,6 +151,25 @@ def test_a_prestarted_session_of_another_configuration_is_not_adopted(monkeypatc
     assert spark_warmup.adopt(build_pyspark_resource("local[1]", None)._config_key()) is not None  # still waiting
 
 
+def test_a_process_about_to_exit_lets_a_starting_session_finish_and_skips_the_warm_up():
+    """The CLI after a run that failed before its Spark step: the JVM must not be stopped mid-start."""
+    from btc_anomaly_assets.aggregates import spark_warmup
+
+    release, built, warmed = threading.Event(), [], []
+
+    def build():
+        release.wait(5)
+        built.append("session")
+        return "session"
+
+    warmer = SessionWarmer(build, warmed.append, _Log()).start()
+    threading.Timer(0.3, release.set).start()
+    began = time.monotonic()
+    spark_warmup.settle_all(timeout=5)
+    assert built == ["session"] and not warmer._thread.is_alive()
+    assert warmed == [] and time.monotonic() - began >= 0.25  # waited for the build, skipped the warm-up
+
+
 def test_start_early_off_builds_in_the_step(monkeypatch):
     built, seen = [], []
     monkeypatch.setattr(SparkResource, "_build_session", _fake_build(built))

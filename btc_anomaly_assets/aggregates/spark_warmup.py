@@ -24,6 +24,7 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +69,19 @@ def _warmup_row(minute: datetime, index: int) -> dict:
 
 _prestarted: dict[tuple, "SessionWarmer"] = {}
 _prestarted_lock = threading.Lock()
+_started: "weakref.WeakSet[SessionWarmer]" = weakref.WeakSet()
+# A session still starting when its process exits: the JVM is stopped in the middle of creating
+# the SparkContext and prints a Java stack trace. A process about to exit lets it finish first.
+SETTLE_TIMEOUT_SECONDS = 120.0
+
+
+def settle_all(timeout: float = SETTLE_TIMEOUT_SECONDS) -> None:
+    """Let every warmer of this process finish building its session, skipping warm-ups not begun.
+
+    For a process about to exit (the CLI after its in-process run, whatever the outcome): a run
+    that failed before its aggregation step leaves a session still starting in the background."""
+    for warmer in list(_started):
+        warmer.settle(timeout)
 
 
 def prestart(config_key: tuple, make_warmer: Callable[[], "SessionWarmer"]) -> None:
@@ -102,7 +116,13 @@ class SessionWarmer:
 
     def start(self) -> SessionWarmer:
         self._thread.start()
+        _started.add(self)
         return self
+
+    def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) for the session to be built; a warm-up not yet begun is skipped."""
+        self._needed.set()
+        self._thread.join(timeout)
 
     def use_log(self, log: Any) -> None:
         """Report to ``log`` from now on (a prestarted warmer adopted by a run: the run's log)."""

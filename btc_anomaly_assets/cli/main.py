@@ -115,14 +115,21 @@ def _run_in_process(start_key: str, last_key: str) -> tuple[bool, str, float, li
 
     began = time.monotonic()
     job = defs.resolve_job_def(pipeline_job.name)
-    with recovery.report_pool_waits():
-        result = job.execute_in_process(
-            instance=dg.DagsterInstance.get(),
-            tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key,
-                  **recovery.launch_tags()},
-            raise_on_error=False,
-            run_config=_quiet_logs(),
-        )
+    try:
+        with recovery.report_pool_waits():
+            result = job.execute_in_process(
+                instance=dg.DagsterInstance.get(),
+                tags={"dagster/asset_partition_range_start": start_key, "dagster/asset_partition_range_end": last_key,
+                      **recovery.launch_tags()},
+                raise_on_error=False,
+                run_config=_quiet_logs(),
+            )
+    finally:
+        # A run that failed before its aggregation step leaves the session starting: let it finish
+        # (a JVM stopped while creating its SparkContext prints a stack trace at exit).
+        from btc_anomaly_assets.aggregates.spark_warmup import settle_all
+
+        settle_all()
     elapsed = time.monotonic() - began
     if not result.success:
         return False, result.run_id, elapsed, failure_lines(result), f"Run {result.run_id}"
