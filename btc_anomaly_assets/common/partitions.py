@@ -14,7 +14,7 @@ from btc_anomaly_assets.common.partition_range import (
 )
 from btc_anomaly_assets.common.settings import DATE_FMT
 
-__all__ = ["MAX_MINUTE_PARTITIONS", "MinutePartitionsDefinition", "build_minute_partitions", "minute_partitions"]
+__all__ = ["MAX_MINUTE_PARTITIONS", "MINUTE_CRON", "MinutePartitionsDefinition", "build_minute_partitions", "minute_partitions"]
 
 MINUTE_CRON = "* * * * *"
 _MINUTE_SECONDS = 60
@@ -52,7 +52,7 @@ class MinutePartitionsDefinition(dg.TimeWindowPartitionsDefinition):
         return window
 
 
-def build_minute_partitions(start: str, end: str | None, *, now: datetime | None = None) -> dg.TimeWindowPartitionsDefinition:
+def build_minute_partitions(start: str, end: str | None, *, now: datetime | None = None) -> MinutePartitionsDefinition:
     """Minute partitions from ``start`` to ``end`` (exclusive; ``None`` = open-ended), refusing more than ~100k keys."""
     start_dt, end_dt = partition_bounds(start, end, now=now)
     return MinutePartitionsDefinition(

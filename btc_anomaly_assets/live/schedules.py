@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from btc_anomaly_assets.common.partitions import minute_partitions
+from btc_anomaly_assets.common.partitions import MINUTE_CRON, minute_partitions
 from btc_anomaly_assets.common.settings import DATE_FMT, is_on
 from btc_anomaly_assets.common.utc import utc_now
 
@@ -92,7 +92,7 @@ def check_live_source() -> None:
 
 def build_live_automation(job) -> tuple[list[dg.ScheduleDefinition], list[dg.SensorDefinition]]:
     check_live_source()
-    @dg.schedule(name="live_minute", cron_schedule="* * * * *", execution_timezone="UTC", job=job,
+    @dg.schedule(name="live_minute", cron_schedule=MINUTE_CRON, execution_timezone="UTC", job=job,
                  default_status=_live_status())
     def live_minute(context: dg.ScheduleEvaluationContext):
         """Materializes the minute that just closed through the whole graph."""
