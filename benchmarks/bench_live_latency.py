@@ -8,7 +8,7 @@ Prints figures, asserts nothing. What runs (``btc_anomaly_testing.live_scenario`
 - ``btc-anomaly collect`` (BTC_SOURCE=mempool-space) writing the landing zone;
 - a history of ``--history-minutes`` landed minutes, backfilled first (``btc-anomaly backfill``);
 - a local Spark Connect server (``--spark connect``, the live path) or classic local Spark;
-- ``dagster dev`` (webserver + daemon) with BTC_LIVE=on: the ``live_minute`` schedule, the queued
+- ``dagster dev`` (webserver + daemon) with BTC_LIVE=on: the ``live_minute`` sensor (each minute's run launched 20 s before its close), the queued
   run coordinator, the alert sensor and in-run alerts, exactly as deployed; a timed fake Slack.
 
 Measured, within one run: first seen (the server's push) -> landed (the minute file holding it,
@@ -59,7 +59,7 @@ def first_seen_to_landed(session: LiveSession) -> list[float]:
 def stage_times(session: LiveSession) -> dict[str, list[float]]:
     """Per measured minute, seconds after the minute close (None-free lists)."""
     stages: dict[str, list[float]] = {k: [] for k in (
-        "last row of the minute landed", "live run created (schedule tick)", "live run started (RUN_START)",
+        "last row of the minute landed", "live run created (sensor, ahead of the close)", "live run started (RUN_START)",
         "raw_transactions materialized", "ewma_anomalies materialized", "incidents materialized", "live run ended", "landed -> raw materialized")}
     for minute in session.measured:
         close = utc_timestamp(minute + timedelta(minutes=1))
@@ -69,7 +69,7 @@ def stage_times(session: LiveSession) -> dict[str, list[float]]:
             stages["last row of the minute landed"].append(max(landed) - close)
         if run is None:
             continue
-        stages["live run created (schedule tick)"].append(run.created - close)
+        stages["live run created (sensor, ahead of the close)"].append(run.created - close)
         if run.events.get("RUN_START"):
             stages["live run started (RUN_START)"].append(run.events["RUN_START"] - close)
         raw = run.materialized.get("btc/raw_transactions")

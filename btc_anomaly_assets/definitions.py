@@ -71,7 +71,7 @@ pipeline_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-LIVE_SCHEDULES, LIVE_SENSORS = build_live_automation(pipeline_job)
+LIVE_SENSORS = build_live_automation(pipeline_job)
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
@@ -79,7 +79,6 @@ defs = dg.Definitions(
     # like btc_pipeline (a subprocess per small step costs seconds each).
     executor=dg.in_process_executor,
     jobs=[pipeline_job, send_anomaly_alert],
-    schedules=LIVE_SCHEDULES,
     sensors=[anomaly_alert_sensor, pipeline_failure_alert, *LIVE_SENSORS],
     resources=build_resources(),
 )

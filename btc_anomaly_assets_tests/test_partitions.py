@@ -40,7 +40,7 @@ def test_bad_settings_name_the_variable():
 def _plain(partitions) -> dg.TimeWindowPartitionsDefinition:
     """Dagster's own definition with the same fields (what the UI and the daemon rebuild from snapshots)."""
     return dg.TimeWindowPartitionsDefinition(cron_schedule=partitions.cron_schedule, start=partitions.start, end=partitions.end,
-                                            fmt=partitions.fmt, timezone=partitions.timezone)
+                                            fmt=partitions.fmt, timezone=partitions.timezone, end_offset=partitions.end_offset)
 
 
 def _moments(first: datetime, count: int, seed: int) -> list[datetime]:

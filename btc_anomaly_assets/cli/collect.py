@@ -47,7 +47,7 @@ def run_collect(args) -> int:
         hint = ""
         if source == "blockchair":
             hint = " " + (live_budget_error(has_key=bool(settings.env_value("BLOCKCHAIR_API_KEY"))) or
-                          "(Blockchair is polled by the live schedule itself: no collector needed)")
+                          "(Blockchair is polled by the live runs themselves: no collector needed)")
         print(f"error: btc-anomaly collect needs a push source, BTC_SOURCE=mempool-space or bitcoin-core "
               f"(now {source!r}).{hint}", file=sys.stderr)
         return 2

@@ -61,6 +61,9 @@ def build_minute_partitions(start: str, end: str | None, *, now: datetime | None
         end=end_dt.strftime(DATE_FMT) if end_dt else None,
         fmt=DATE_FMT,
         timezone="UTC",
+        # open-ended (live): the minute still open is a partition too, so its run can be launched
+        # ahead of its close (live/minute_close.py); its raw step waits for the close
+        end_offset=0 if end_dt else 1,
     )
 
 

@@ -65,7 +65,7 @@ SETTINGS: list[Setting] = [
     Setting("BTC_DAGSTER_UI_URL", "http://localhost:3000", "Dagster UI base URL used for links in alerts"),
     Setting("BTC_RUN_MODE", "backfill", "How `btc-anomaly demo`/`backfill` run: `backfill` (a Dagster backfill through the webserver and daemon, listed on Runs → Backfills) or `in-process` (one run in the CLI's process, about a minute sooner, no Backfills entry)"),
     Setting("BTC_LOG_LEVEL", "CRITICAL", "Console log level of `btc-anomaly` runs (`DEBUG` … `CRITICAL`); the full log is always in the Dagster instance"),
-    Setting("BTC_LIVE", "off", "`on` starts the live schedules: each closed minute through the graph, plus a late-data sweep"),
+    Setting("BTC_LIVE", "off", "`on` starts the live sensors: each minute through the graph as it closes (its run launched 20 s ahead), plus a late-data sweep"),
     Setting("BTC_PARTITIONS_START", "2025-08-13-00:00", "First minute partition (`%Y-%m-%d-%H:%M`, UTC). Live deployments set a recent start"),
     Setting("BTC_PARTITIONS_END", "2025-08-15-00:00", "End of the minute partitions (exclusive); `none` for an open-ended live deployment"),
 ]

@@ -84,6 +84,11 @@ class TransactionSource(dg.ConfigurableResource):
 
         if self.blockchair_mode not in BLOCKCHAIR_MODES:
             raise dg.Failure(f"BTC_BLOCKCHAIR_MODE={self.blockchair_mode!r} is not one of {', '.join(BLOCKCHAIR_MODES)}")
+        from btc_anomaly_assets.common.utc import naive_utc
+        from btc_anomaly_assets.live.minute_close import wait_for_close
+
+        # a live run launched ahead of its minute polls once the minute has closed
+        waited = wait_for_close(naive_utc(end), None, log)
         with BlockchairClient(base_url=self.api_url, api_key=self.api_key or None, logger=log) as client:
             result = client.fetch_window(start, end, mempool=self.blockchair_mode == "mempool")
         return SourceBatch(
@@ -93,5 +98,6 @@ class TransactionSource(dg.ConfigurableResource):
             detail=f"{'mempool/' if self.blockchair_mode == 'mempool' else ''}transactions, state {result.state}",
             figures={"requests": result.requests_made, "request_cost": float(result.request_cost_total),
                      "rows_received": result.rows_received, "duplicates_dropped": result.duplicates_dropped,
-                     "windows_split": result.windows_split, "api_version": result.api_version or "?"},
+                     "windows_split": result.windows_split, "api_version": result.api_version or "?",
+                     "close_wait_seconds": waited.waited_seconds},
         )

@@ -1,17 +1,21 @@
-"""Live operation: every closed minute through the whole graph, and a late-data sweep.
+"""Live operation: every minute through the whole graph as it closes, and a late-data sweep.
 
-``live_minute`` is a schedule; ``late_data_sweep`` is a sensor that launches each 10-minute sweep
-in a gap between live runs, so a sweep never holds the DuckDB pool while a live minute waits for
-it. Both ship STOPPED and start RUNNING when ``BTC_LIVE=on`` (or are switched on in the UI).
+``live_minute`` is a sensor that launches each minute's run ``PRELAUNCH_LEAD`` (20 s) before the
+minute closes; the run's raw step waits for the close (``live/minute_close.py``), so the run queue,
+the new run process and its imports are paid while the minute is still open. ``late_data_sweep``
+launches each 10-minute sweep in a gap between live runs, so a sweep never holds the DuckDB pool
+while a live minute waits for it. Both ship STOPPED and start RUNNING when ``BTC_LIVE=on`` (or are
+switched on in the UI).
 """
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import dagster as dg
 
-from btc_anomaly_assets.common.partitions import MINUTE_CRON, minute_partitions
+from btc_anomaly_assets.common.partitions import minute_partitions
 from btc_anomaly_assets.common.settings import DATE_FMT, is_on
 from btc_anomaly_assets.common.utc import utc_now
+from btc_anomaly_assets.live.minute_close import PRELAUNCH_LEAD
 
 LATE_DATA_DELAY_MINUTES = 10
 LATE_DATA_SPAN_MINUTES = 10
@@ -19,10 +23,6 @@ LATE_DATA_SPAN_MINUTES = 10
 LATE_DATA_MAX_WAIT = timedelta(minutes=5)
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                        dg.DagsterRunStatus.STARTED]
-
-
-def _live_status() -> dg.DefaultScheduleStatus:
-    return dg.DefaultScheduleStatus.RUNNING if is_on("BTC_LIVE") else dg.DefaultScheduleStatus.STOPPED
 
 
 def _live_sensor_status() -> dg.DefaultSensorStatus:
@@ -33,13 +33,26 @@ def minute_key(moment: datetime) -> str:
     return moment.strftime(DATE_FMT)
 
 
-def live_run_request(tick: datetime) -> dg.RunRequest | dg.SkipReason:
-    """The minute that closed at ``tick`` (a one-partition run; run key = the minute)."""
-    minute = tick.replace(second=0, microsecond=0) - timedelta(minutes=1)
+def live_run_request(minute: datetime) -> dg.RunRequest | dg.SkipReason:
+    """The run of ``minute`` (a one-partition run; run key = the minute)."""
     key = minute_key(minute)
     if not minute_partitions.has_partition_key(key):
         return dg.SkipReason(f"{key} is outside the minute partitions (BTC_PARTITIONS_START/END)")
     return dg.RunRequest(run_key=f"live:{key}", partition_key=key, tags={"btc/trigger": "live"})
+
+
+def due_live_minutes(now: datetime, cursor: str | None, lead: timedelta = PRELAUNCH_LEAD) -> list[datetime]:
+    """Minutes whose live run is due at ``now`` and was not requested yet (``cursor``: the last one that was).
+
+    Due: the minute that closed last (a run that could not be launched ahead, e.g. the sensor's
+    first tick) and, within ``lead`` of its close, the current minute. Older minutes a stopped
+    daemon missed are the late-data sweep's.
+    """
+    current = now.replace(second=0, microsecond=0)
+    due = [current - timedelta(minutes=1)]
+    if now >= current + timedelta(minutes=1) - lead:
+        due.append(current)
+    return [m for m in due if cursor is None or minute_key(m) > cursor]
 
 
 def late_data_run_request(tick: datetime) -> dg.RunRequest | dg.SkipReason:
@@ -75,10 +88,6 @@ def late_data_sweep_request(now: datetime, live_runs_active: int, last_minute_do
     return late_data_run_request(boundary)
 
 
-def _tick_time(context: dg.ScheduleEvaluationContext) -> datetime:
-    return context.scheduled_execution_time.astimezone(timezone.utc).replace(tzinfo=None)
-
-
 def check_live_source() -> None:
     """Refuse, at load, a live Blockchair setting the key-less request budget cannot carry (one line)."""
     from btc_anomaly_assets.common.settings import env_value
@@ -90,13 +99,20 @@ def check_live_source() -> None:
             raise ValueError(error)
 
 
-def build_live_automation(job) -> tuple[list[dg.ScheduleDefinition], list[dg.SensorDefinition]]:
+def build_live_automation(job) -> list[dg.SensorDefinition]:
     check_live_source()
-    @dg.schedule(name="live_minute", cron_schedule=MINUTE_CRON, execution_timezone="UTC", job=job,
-                 default_status=_live_status())
-    def live_minute(context: dg.ScheduleEvaluationContext):
-        """Materializes the minute that just closed through the whole graph."""
-        return live_run_request(_tick_time(context))
+    # minimum_interval_seconds=1: evaluated on every sensor-daemon wake-up (every few seconds)
+    @dg.sensor(name="live_minute", job=job, minimum_interval_seconds=1, default_status=_live_sensor_status())
+    def live_minute(context: dg.SensorEvaluationContext):
+        """Materializes each minute through the whole graph as it closes: its run is launched 20 s
+        ahead and its raw step waits for the close."""
+        due = due_live_minutes(utc_now(), context.cursor)
+        if not due:
+            return dg.SkipReason("the next minute's run is not due yet")
+        requests = [live_run_request(m) for m in due]
+        context.update_cursor(minute_key(due[-1]))
+        runs = [r for r in requests if isinstance(r, dg.RunRequest)]
+        return runs or requests[-1]
 
     @dg.sensor(name="late_data_sweep", job=job, minimum_interval_seconds=5, default_status=_live_sensor_status())
     def late_data_sweep(context: dg.SensorEvaluationContext):
@@ -110,4 +126,4 @@ def build_live_automation(job) -> tuple[list[dg.ScheduleDefinition], list[dg.Sen
             statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]))
         return late_data_sweep_request(now, active, done > 0)
 
-    return [live_minute], [late_data_sweep]
+    return [live_minute, late_data_sweep]
