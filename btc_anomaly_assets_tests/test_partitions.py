@@ -108,3 +108,50 @@ def test_other_definitions_take_dagsters_own_path():
         got, want = partitions.get_prev_partition_window(moment), _plain(partitions).get_prev_partition_window(moment)
         assert (got.start, got.end) == (want.start, want.end)
     assert hourly_cron.get_prev_partition_window(moment).start == datetime(2026, 12, 2, 4, tzinfo=timezone.utc)
+
+
+# Keys in a range (add_asset_metadata(partition_key=) asks for the run's whole range on every call)
+
+def test_keys_in_a_range_are_dagsters_own_and_each_call_gets_its_own_list():
+    fast = build_minute_partitions("2026-12-01-00:00", "2026-12-03-00:00", now=datetime(2026, 12, 7, tzinfo=timezone.utc))
+    plain = _plain(fast)
+    for key_range in [("2026-12-01-00:00", "2026-12-01-00:00"), ("2026-12-01-00:00", "2026-12-01-23:59"),
+                      ("2026-12-02-11:59", "2026-12-02-12:03"), ("2026-12-02-00:00", "2026-12-02-23:59")]:
+        for _ in range(2):  # the second answer comes from the cache
+            got = fast.get_partition_keys_in_range(dg.PartitionKeyRange(*key_range))
+            assert got == plain.get_partition_keys_in_range(dg.PartitionKeyRange(*key_range)), key_range
+            got.clear()  # a caller changing its list changes no later answer
+    for outside in [("2026-11-30-23:59", "2026-12-01-00:05"), ("2026-12-02-23:58", "2026-12-03-00:00")]:
+        errors = []
+        for partitions in (fast, plain):
+            with pytest.raises(Exception) as caught:
+                partitions.get_partition_keys_in_range(dg.PartitionKeyRange(*outside))
+            errors.append(type(caught.value))
+        assert errors[0] == errors[1], outside
+
+
+def test_dagsters_per_partition_metadata_still_asks_this_method():
+    """``add_asset_metadata(partition_key=)`` validates the key against the run's range through
+    ``get_partition_keys_in_range``; if an upgrade stops asking it, the cache is unused: say so."""
+    calls = []
+
+    class Counting(MinutePartitionsDefinition):
+        def get_partition_keys_in_range(self, partition_key_range):
+            calls.append(partition_key_range)
+            return super().get_partition_keys_in_range(partition_key_range)
+
+    partitions = Counting(cron_schedule="* * * * *", start="2026-12-01-00:00", fmt="%Y-%m-%d-%H:%M", timezone="UTC")
+    keys = ["2026-12-01-00:00", "2026-12-01-00:01", "2026-12-01-00:02"]
+
+    @dg.asset(partitions_def=partitions)
+    def minutes(context: dg.AssetExecutionContext):
+        for key in keys:
+            context.add_asset_metadata({"n": 1}, partition_key=key)
+        return dg.MaterializeResult()  # no IO manager
+
+    result = dg.materialize([minutes], tags={"dagster/asset_partition_range_start": keys[0],
+                                             "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    asked = [c for c in calls if (c.start, c.end) == (keys[0], keys[-1])]
+    assert len(asked) >= len(keys), (f"Dagster {dg.__version__} no longer checks add_asset_metadata(partition_key=) through "
+                                     f"get_partition_keys_in_range ({len(asked)} calls for {len(keys)}): the cache is unused")
