@@ -1,7 +1,7 @@
 """Live end to end: `btc-anomaly collect` (mempool-space) + `dagster dev` with BTC_LIVE=on, on loopback.
 
 The fake mempool.space pushes real transactions in real time; the collector lands them; each
-minute the live schedule runs the whole graph over the landing zone; an injected whale reaches the
+minute the live_minute sensor runs the whole graph over the landing zone; an injected whale reaches the
 loopback Slack exactly once. Takes about 4 minutes (history backfill, dagster dev start-up, two
 measured minutes); the runs aggregate on the suite's Spark Connect server.
 """

@@ -73,6 +73,7 @@ class LiveSession:
     whales: dict[datetime, str]
     live_runs: dict[datetime, RunTimes | None]
     alert_arrivals: dict[datetime, list[float]]  # minute -> Slack arrival times of its alerts
+    first_alerts: dict[datetime, float]  # minute whose close brought an incident's first message -> its Slack arrival
     whale_alerts: dict[datetime, list[int]]  # whale minute -> times each of its value alerts was posted
     pushed_at: dict[str, float]
     landed_at: dict[str, float]
@@ -134,22 +135,30 @@ def incident_minutes(wh, where: str = "TRUE") -> dict[str, list[datetime]]:
             for i, start, end in rows.itertuples(index=False)}
 
 
-def _read_results(home: Path, warehouse: Path, measured: list[datetime], arrivals) -> tuple[dict, dict]:
+def _read_results(home: Path, warehouse: Path, measured: list[datetime], arrivals) -> tuple[dict, dict, dict]:
     import dagster as dg
 
     from btc_anomaly_assets.common.warehouse import Warehouse
 
     wh = Warehouse(str(warehouse))
-    alerts = wh.query("SELECT text, item_ids FROM btc.alerts WHERE status = 'sent'")
+    alerts = wh.query("SELECT text, item_ids, kind FROM btc.alerts WHERE status = 'sent'")
     minutes_of = incident_minutes(wh)  # alerts are per incident
     first_arrival: dict[str, float] = {}
     for arrived, text in arrivals:
         first_arrival.setdefault(text, arrived)
     by_minute: dict[datetime, list[float]] = {}
-    for text, item_ids in alerts.itertuples(index=False):
+    first_alerts: dict[datetime, float] = {}
+    for text, item_ids, kind in alerts.itertuples(index=False):
+        if text not in first_arrival:
+            continue
         for minute in {m for i in item_ids for m in minutes_of.get(i, ())}:
-            if text in first_arrival:
-                by_minute.setdefault(minute, []).append(first_arrival[text])
+            by_minute.setdefault(minute, []).append(first_arrival[text])
+        if kind in ("single", "digest"):  # an incident's first message, keyed by the minute whose close brought it
+            arrived = first_arrival[text]
+            for i in item_ids:
+                closed = [m for m in minutes_of.get(i, ()) if utc_timestamp(m + timedelta(minutes=1)) <= arrived]
+                if closed:
+                    first_alerts[closed[-1]] = min(first_alerts.get(closed[-1], arrived), arrived)
     live: dict[datetime, RunTimes | None] = {}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = {r.dagster_run.tags.get("dagster/partition"): r
@@ -157,7 +166,7 @@ def _read_results(home: Path, warehouse: Path, measured: list[datetime], arrival
         for minute in measured:
             record = records.get(minute.strftime(KEY_FORMAT))
             live[minute] = read_run(instance, record) if record else None
-    return live, by_minute
+    return live, by_minute, first_alerts
 
 
 def run_live_session(workdir: Path, *, minutes: int, whale_every: int, history_minutes: int, spark: str = "connect",
@@ -221,13 +230,13 @@ def run_live_session(workdir: Path, *, minutes: int, whale_every: int, history_m
                 connect.stop()
         setup["load average at end"] = os.getloadavg()
         arrivals = list(slack.arrivals)
-    live, by_minute = _read_results(home, data / "warehouse.duckdb", measured, arrivals)
+    live, by_minute, first_alerts = _read_results(home, data / "warehouse.duckdb", measured, arrivals)
     whale_alerts = _whale_posts(data / "warehouse.duckdb", list(replay.whales), arrivals)
     from btc_anomaly_assets.live.landing import read_landing_window
 
     window = read_landing_window(lake, "mempool-space", measured[0], measured[-1] + timedelta(minutes=1), utc_now())
     first_seen_minute = {h: m.to_pydatetime() for h, m in zip(window.frame["hash"], window.frame["minute"])}
-    return LiveSession(measured, dict(replay.whales), live, by_minute, whale_alerts, dict(replay.pushed_at),
+    return LiveSession(measured, dict(replay.whales), live, by_minute, first_alerts, whale_alerts, dict(replay.pushed_at),
                        dict(watcher.landed_at), first_seen_minute, len(arrivals), setup, workdir,
                        (workdir / "collector.log").read_text()[-3000:])
 
