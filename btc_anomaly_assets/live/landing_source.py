@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from btc_anomaly_assets.common.utc import utc_now
+from btc_anomaly_assets.common.utc import naive_utc, utc_now
 from btc_anomaly_assets.ingest.resources import SourceBatch
-from btc_anomaly_assets.common.utc import naive_utc
 from btc_anomaly_assets.live.landing import landing_root, read_landing_window, read_state
 from btc_anomaly_assets.live.minute_close import wait_for_close
 

@@ -71,7 +71,7 @@ def wait_for_close(end: datetime, landed: Callable[[], bool] | None, log, *, now
     now = now or utc_now
     started = now()
     result = CloseWait()
-    if now() < end - PRELOAD_MIN_LEFT:
+    if started < end - PRELOAD_MIN_LEFT:
         result.preloaded = (preload or (lambda: preload_modules(log=log)))()
     if landed is None:
         ready_at = end + settle
@@ -89,12 +89,13 @@ def wait_for_close(end: datetime, landed: Callable[[], bool] | None, log, *, now
                 break
             sleep(POLL_SECONDS)
     result.waited_seconds = round((now() - started).total_seconds(), 3)
-    if result.waited_seconds >= POLL_SECONDS:
-        how = {True: "the collector landed it", False: "the collector had not landed it; the minute is reported incomplete",
-               None: "polling now"}[result.landed]
-        log.info(f"waited {result.waited_seconds:.2f} s for {end:%Y-%m-%d %H:%M} to close ({how})"
-                 + (f"; imported {', '.join(result.preloaded)} meanwhile" if result.preloaded else ""))
-    if result.landed is False and result.waited_seconds >= POLL_SECONDS:
+    if result.waited_seconds < POLL_SECONDS:  # the window had closed already (a backfill): nothing to say
+        return result
+    how = {True: "the collector landed it", False: "the collector had not landed it; the minute is reported incomplete",
+           None: "polling now"}[result.landed]
+    log.info(f"waited {result.waited_seconds:.2f} s for {end:%Y-%m-%d %H:%M} to close ({how})"
+             + (f"; imported {', '.join(result.preloaded)} meanwhile" if result.preloaded else ""))
+    if result.landed is False:
         log.warning(f"the collector had not landed the minute ending {end:%H:%M} {timeout.total_seconds():.0f} s after it "
                     "closed: is `btc-anomaly collect` running and keeping up?")
     return result
