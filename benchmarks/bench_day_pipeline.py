@@ -81,6 +81,8 @@ class Measurement:
     peak: int = 0
     peaks: dict[str, int] = field(default_factory=dict)
     steps: dict[str, float] = field(default_factory=dict)
+    step_peaks: dict[str, tuple[int, int]] = field(default_factory=dict)  # step -> (python, java) RSS at the tree's peak in it
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (epoch, python RSS, java RSS)
     outside: dict[str, float] = field(default_factory=dict)
     events: Counter = field(default_factory=Counter)
     other_run_events: int = 0
@@ -106,6 +108,7 @@ def run_with_peak(cmd: list[str], env: dict, cwd: Path, m: Measurement) -> float
                 cpu_by_pid[pid] = cpu
             for program, rss in totals.items():
                 m.peaks[program] = max(m.peaks.get(program, 0), rss)
+            m.samples.append((time.time(), totals.get("python", 0), totals.get("java", 0)))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -154,8 +157,13 @@ def read_event_log(dagster_home: Path, launched: float, m: Measurement, pg_url: 
                 gaps += record.timestamp - (last_step_end if last_step_end is not None else marks[run_start])
             elif kind == "STEP_SUCCESS":
                 m.steps[event.step_key] = record.timestamp - started[event.step_key]
+                inside = [(py, java) for at, py, java in m.samples if started[event.step_key] <= at <= record.timestamp]
+                m.step_peaks[event.step_key] = max(inside, key=sum, default=(0, 0))
                 last_step_end = record.timestamp
         run_end = marks.get(run_success, marks.get(run_failure))
+        first_step = min(started.values())
+        for phase, (begin, end) in {"(before the first step)": (0, first_step), "(after the run)": (run_end, float("inf"))}.items():
+            m.step_peaks[phase] = max([(py, java) for at, py, java in m.samples if begin <= at <= end], key=sum, default=(0, 0))
         alert_seconds = 0.0
         for other in instance.get_run_records():
             if other.dagster_run.job_name == "send_anomaly_alert":
@@ -233,9 +241,11 @@ def report(runs: list[Measurement], n_tx: int) -> dict[str, float]:
     programs = sorted({p for m in runs for p in m.peaks})
     print("peak by program (each at its own peak): " + ", ".join(
         f"{p} {median(m.peaks.get(p, 0) for m in runs) / 2**30:.2f} GB" for p in programs))
-    print("per asset (step start -> success):")
-    for step in last.steps:
-        print(f"  {step:<66} {median(m.steps[step] for m in runs):7.1f} s")
+    print("per asset (step start -> success; the tree's peak RSS while it ran, python + java):")
+    for step in ["(before the first step)", *last.steps, "(after the run)"]:
+        py, java = (median(m.step_peaks.get(step, (0, 0))[i] for m in runs) / 2**30 for i in (0, 1))
+        seconds = f"{median(m.steps[step] for m in runs):7.1f} s" if step in last.steps else ""
+        print(f"  {step:<66} {seconds:>9}   {py + java:.2f} GB ({py:.2f} + {java:.2f})")
     print("outside the steps:")
     for piece in last.outside:
         print(f"  {piece:<66} {median(m.outside[piece] for m in runs):7.1f} s")
@@ -295,7 +305,7 @@ def main() -> None:
             pg_url = server.new_database("day") if storage == "postgres" else None
             results[label].append(one_run(label, tree, dumps, run_dir, pg_url))
             with open(work / "measurements.jsonl", "a") as out:  # raw figures, one line per run
-                out.write(json.dumps({k: dict(v) if isinstance(v, Counter) else v for k, v in vars(results[label][-1]).items() if k != "output"}) + "\n")
+                out.write(json.dumps({k: dict(v) if isinstance(v, Counter) else v for k, v in vars(results[label][-1]).items() if k not in ("output", "samples")}) + "\n")
             if not args.keep:
                 shutil.rmtree(run_dir, ignore_errors=True)
     headline = {label: report(runs, len(day)) for label, runs in results.items()}
