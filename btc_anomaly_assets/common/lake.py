@@ -183,7 +183,18 @@ def read_raw_window(dataset_path: str, start: datetime, end: datetime, columns: 
         columns=columns,
         filter=(pc.field("minute") >= pa.scalar(start, pa.timestamp("us"))) & (pc.field("minute") < pa.scalar(end, pa.timestamp("us")))
     )
-    return table.to_pandas()
+    frame = table.to_pandas()
+    del table
+    release_arrow_memory()
+    return frame
+
+
+def release_arrow_memory() -> None:
+    """Hand back to the OS the memory Arrow's pool keeps for reuse after large tables are gone.
+
+    pyarrow's default pool (mimalloc) holds freed blocks: after a day's dump text columns or a
+    day's Parquet read that is ~250 MB of resident memory the pandas steps after it cannot use."""
+    pa.default_memory_pool().release_unused()
 
 
 def largest_transactions(dataset_path: str, minutes: list[datetime], per_minute: int) -> dict[datetime, list[str]]:

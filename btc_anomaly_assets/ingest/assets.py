@@ -15,7 +15,7 @@ from btc_anomaly_assets.common.dagster_helpers import (
     preview_metadata,
     window_of,
 )
-from btc_anomaly_assets.common.lake import read_raw_window, write_raw_window
+from btc_anomaly_assets.common.lake import read_raw_window, release_arrow_memory, write_raw_window
 from btc_anomaly_assets.common.partitions import minute_partitions
 from btc_anomaly_assets.common.resources import LakeResource
 from btc_anomaly_assets.common.schema import RAW_TRANSACTION_COLUMNS, SATOSHI_PER_BTC
@@ -54,6 +54,7 @@ def raw_transactions(context: dg.AssetExecutionContext, source: TransactionSourc
     batch = source.fetch(start, end, context.log, lake_url=lake.url)
     write_raw_window(lake.raw_transactions_path, batch.frame, start, end)
     batch.frame = None  # the checks judge what the lake now holds; do not keep two copies of a day in memory
+    release_arrow_memory()
     stored = read_raw_window(lake.raw_transactions_path, start, end)
     verdicts = evaluate_raw_checks(stored, start, end, batch.reported_rows)
     feed = check_feed_complete(batch.incomplete_minutes)

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from btc_anomaly_assets.common.lake import release_arrow_memory
 from btc_anomaly_assets.common.utc import naive_utc
 from btc_anomaly_assets.ingest.dump_file_scan import DumpFormatError, scan_file
 from btc_anomaly_assets.ingest.raw_frames import DUPLICATES_DROPPED_ATTR, concat_raw_frames
@@ -130,6 +131,7 @@ def read_dump_window(
             scan.rows_in_window,
             " (stopped early: median block time past window end)" if scan.stopped_early else "",
         )
+    release_arrow_memory()  # the scan's text columns are gone: their pool memory serves the concat below
     frame = concat_raw_frames(frames)
     return DumpReadResult(
         frame=frame,
