@@ -41,7 +41,11 @@ def test_classic_and_connect_runs_of_the_asset_store_identical_tables(real_lake,
     pd.testing.assert_frame_equal(classic_rows, connect_rows)
     reference = aggregate_minutes_duckdb(real_raw(), START, END)
     assert_matches_reference(connect_rows, reference)
-    assert connect.asset_materializations_for_node("btc__minute_aggregates")[0].metadata["spark"].value.startswith("sc://127.0.0.1:")
+    connect_metadata = connect.asset_materializations_for_node("btc__minute_aggregates")[0].metadata
+    assert connect_metadata["spark"].value.startswith("sc://127.0.0.1:")
+    assert connect_metadata["spark_session_after_step"].value == "kept (Spark Connect client)"  # a client: nothing to end
+    classic_metadata = classic.asset_materializations_for_node("btc__minute_aggregates")[0].metadata
+    assert classic_metadata["spark_session_after_step"].value.startswith("stopped after the step")
 
 
 def test_an_unreachable_connect_endpoint_fails_the_step_fast_and_clearly(real_lake, tmp_path):

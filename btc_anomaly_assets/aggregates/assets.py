@@ -65,6 +65,7 @@ def minute_aggregates(
     spark = pyspark.spark_session
     with lake_lock(lake.raw_transactions_path):  # no hour file may be replaced between Spark's listing and its scan
         frame = aggregate_minutes_spark(spark, lake.raw_transactions_path, start, end)
+    spark_driver = pyspark.release(context.log)  # no later step of the run uses Spark
     wh = warehouse.get()
     wh.replace_window(TABLE, MINUTE_AGGREGATE_COLUMNS, frame, start, end)
     stored = wh.read_window(TABLE, MINUTE_AGGREGATE_COLUMNS, start, end)
@@ -84,6 +85,7 @@ def minute_aggregates(
             "window_empty_minutes": int(len(stored) - len(busy)),
             "time_basis": ", ".join(sorted(busy["time_basis"].dropna().unique())) or "none",
             "spark": connect_endpoint_label(pyspark.engine) if pyspark.engine.startswith("sc://") else pyspark.engine,
+            "spark_session_after_step": spark_driver,
             **preview_metadata(context, markdown_preview(busy[["minute", "tx_count", "block_count", "total_value_btc", "max_value_btc",
                                               "median_fee_rate_sat_vb", "fan_in_10_count", "fan_out_10_count"]])),
         },

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from btc_anomaly_assets.aggregates.spark_driver import note_user
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MASTER = "local[*]"
@@ -104,10 +106,15 @@ def _build_classic_session(master: str, app_name: str, conf: dict[str, str]) -> 
         quiet = f"-Dlog4j2.configurationFile={Path(__file__).with_name('log4j2-quiet.properties').as_uri()}"
         options = conf.get("spark.driver.extraJavaOptions", CLASSIC_DEFAULT_CONF.get("spark.driver.extraJavaOptions", ""))
         conf = {**conf, "spark.driver.extraJavaOptions": f"{options} {quiet} {class_archive_options()}".strip()}
+    from pyspark import SparkContext
+
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in {**CLASSIC_DEFAULT_CONF, **conf}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    running = SparkContext._active_spark_context  # pyspark's one driver per process, if it is up
+    session = builder.getOrCreate()
+    note_user(session, started=running is None)
+    return session
 
 
 def _build_connect_session(remote: str, app_name: str, conf: dict[str, str]) -> Any:
