@@ -205,23 +205,28 @@ def test_ewma_anomalies_numbers_are_per_partition_and_plotted(demo_ui, tmp_path)
         await tools.navigate(f"{dev.base}/assets/{EWMA}")
         # Under load the page keeps rendering (and moving) for a while, and the Plots view first loads the
         # Partitions plot (empty: the Dagster bug below), during which a click on Plots can go unanswered. So
-        # both clicks are retried until the view's Events button is there; the Events plots hold the same numbers.
+        # both clicks are retried until the Events plots are drawn (they hold the same numbers); a try whose
+        # plots do not appear starts again on a freshly loaded page (a click may have landed elsewhere).
         deadline = time.monotonic() + PLOTS_VIEW_SECONDS
         while True:
+            clicked = False
             try:
                 await tools.click_element(_button("Plots"), "the Metadata section's Plots button", 30)
                 await tools.click_element(_button("Events"), "the plots' Events button", 15)
+                clicked = True
+                extents = await tools.wait_for(
+                    f"(e => e.length >= 5 && e.every(p => p.extent > 0) ? e : null)({PLOT_EXTENTS})", "the drawn plots", 45)
                 break
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise
                 # A click that met a page still moving may have folded the Metadata section instead (Dagster
                 # remembers that in localStorage, so it would stay folded): unfold it and load the page again.
-                if await tools.evaluate(f"localStorage.getItem({json.dumps(METADATA_FOLDED)}) === 'true'"):
+                folded = await tools.evaluate(f"localStorage.getItem({json.dumps(METADATA_FOLDED)}) === 'true'")
+                if folded:
                     await tools.evaluate(f"localStorage.removeItem({json.dumps(METADATA_FOLDED)})")
+                if folded or clicked:  # clicked but nothing drawn: a click landed elsewhere; start on a fresh page
                     await tools.navigate(f"{dev.base}/assets/{EWMA}")
-        extents = await tools.wait_for(
-            f"(e => e.length >= 5 && e.every(p => p.extent > 0) ? e : null)({PLOT_EXTENTS})", "the drawn plots", 60)
         plots_png = await tools.screenshot(ARTIFACTS / "dagster_ui_demo_plots.png")
         return shown, extents, partition_png, plots_png
 
