@@ -8,6 +8,14 @@ clone. Every file the suite reads lives in the repository (`btc_anomaly_testing/
 import os
 import sys
 
+# The workers hold Spark Connect clients (gRPC) and also launch classic Spark drivers, whose JVMs
+# pyspark starts with fork + exec (a preexec_fn forces fork). gRPC's fork handlers are on in its core
+# and off in its Python layer by default, a mixed state gRPC itself calls broken (grpc/grpc#41455); a
+# forked child then dies before exec now and then ("Java gateway process exited before sending its
+# port number", beside "epoll_wait error: Bad file descriptor"). Nothing here forks without exec, so
+# the handlers are turned off, before anything imports grpc; subprocesses inherit it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 pytest_plugins = ["btc_anomaly_assets_tests.conftest_spark", "btc_anomaly_assets_tests.conftest_postgres"]
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
