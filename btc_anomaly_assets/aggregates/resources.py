@@ -114,11 +114,14 @@ class SparkResource(LazyPySparkResource):
         began = time.monotonic()
         self._spark_session = None
         try:
-            end_classic_driver(session)
+            ended = end_classic_driver(session)
         except RuntimeError as exc:  # the aggregates are computed and correct: say so, and what still holds memory
             log.warning(f"Spark session stopped, but its driver JVM did not end: {exc}")
             return f"stopped; driver JVM still running ({exc})"
         seconds = time.monotonic() - began
+        if not ended:
+            log.info(f"Spark session stopped in {seconds:.1f} s; its driver JVM is left running (another session uses it)")
+            return f"stopped after the step ({seconds:.1f} s); driver JVM left running"
         log.info(f"Spark session stopped and its driver JVM ended in {seconds:.1f} s (the run needs no more Spark)")
         return f"stopped after the step ({seconds:.1f} s)"
 

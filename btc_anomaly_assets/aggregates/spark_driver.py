@@ -39,14 +39,15 @@ def _is_connect(session: Any) -> bool:
 DRIVER_EXIT_TIMEOUT_SECONDS = 20.0
 
 
-def end_classic_driver(session: Any, timeout: float = DRIVER_EXIT_TIMEOUT_SECONDS) -> None:
+def end_classic_driver(session: Any, timeout: float = DRIVER_EXIT_TIMEOUT_SECONDS) -> bool:
     """Stop a classic session and end its driver JVM; the next session in this process starts a new one.
 
     ``SparkSession.stop()`` stops the SparkContext (on a cluster: releases its executors) but keeps
     the local driver JVM and its ~0.5 GB for as long as Python lives: pyspark starts one JVM per
     process (``SparkContext._gateway``) and has no public call to end it. The JVM exits when the
     pipe pyspark opened to its stdin closes, so this closes the gateway and that pipe, waits for
-    the process, and forgets the gateway so a later session launches a fresh one. Raises
+    the process, and forgets the gateway so a later session launches a fresh one. Returns whether
+    the JVM ended (False: the session is stopped, but the JVM is not this call's to end). Raises
     ``RuntimeError`` if the JVM is still running after ``timeout`` seconds.
     """
     from pyspark import SparkContext
@@ -55,13 +56,13 @@ def end_classic_driver(session: Any, timeout: float = DRIVER_EXIT_TIMEOUT_SECOND
     with SparkContext._lock:
         gateway = SparkContext._gateway
         if gateway is None or SparkContext._active_spark_context is not None:
-            return  # no JVM of ours, or another session was created meanwhile: leave it running
+            return False  # no JVM of ours, or another session was created meanwhile: leave it running
         SparkContext._gateway = None
         SparkContext._jvm = None
     gateway.shutdown()
     process = getattr(gateway, "proc", None)
     if process is None:  # a gateway pyspark did not launch (PYSPARK_GATEWAY_PORT): not ours to end
-        return
+        return False
     if process.stdin is not None:
         process.stdin.close()
     try:
@@ -69,3 +70,4 @@ def end_classic_driver(session: Any, timeout: float = DRIVER_EXIT_TIMEOUT_SECOND
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"the Spark driver JVM (pid {process.pid}) did not exit {timeout:.0f} s after its "
                            "session stopped") from None
+    return True
