@@ -55,6 +55,7 @@ from btc_anomaly_assets.ingest.blockchair_protocol import (
     effective_code,
 )
 from btc_anomaly_assets.ingest.raw_frames import (
+    BLOCKCHAIR_TIME_FORMAT,
     DUPLICATES_DROPPED_ATTR,
     empty_raw_frame,
     to_raw_frame,
@@ -66,7 +67,6 @@ MEMPOOL_PATH = "/bitcoin/mempool/transactions"
 MAX_PAGE_LIMIT = 100
 MAX_OFFSET = 10_000
 SORT_ORDER = "time(asc),id(asc)"
-QUERY_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 
@@ -450,7 +450,7 @@ class BlockchairClient:
 
 
 def _fmt(moment: datetime) -> str:
-    return moment.strftime(QUERY_TIME_FORMAT)
+    return moment.strftime(BLOCKCHAIR_TIME_FORMAT)  # the API's query syntax is the dump's time format
 
 
 def _whole_seconds(moment: datetime, name: str) -> datetime:

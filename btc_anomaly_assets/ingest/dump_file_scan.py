@@ -30,11 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from btc_anomaly_assets.common.schema import BLOCKCHAIR_FIELDS, TIME_BASIS_BLOCK
-from btc_anomaly_assets.ingest.raw_frames import RawDataError, to_raw_frame
+from btc_anomaly_assets.ingest.raw_frames import BLOCKCHAIR_TIME_FORMAT, RawDataError, to_raw_frame
 
 # Median-time-past window of Bitcoin consensus (BIP 113 / the block-time rule).
 MEDIAN_TIME_SPAN = 11
-_DUMP_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class DumpFormatError(RawDataError):
@@ -143,7 +142,7 @@ class _TimeParser:
         moment = self.parsed.get(text)
         if moment is None:
             try:
-                moment = datetime.strptime(text, _DUMP_TIME_FORMAT)
+                moment = datetime.strptime(text, BLOCKCHAIR_TIME_FORMAT)
             except ValueError:
                 raise DumpFormatError(
                     f"{self.path}, line {line_number}: field 'time' is not a UTC timestamp 'YYYY-MM-DD HH:MM:SS': {text!r}",
