@@ -58,7 +58,8 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         and updates the row in the same transaction; on PostgreSQL the violation has already
         aborted that transaction, so the update fails and so does the run (seen on a fresh instance
         with a live minute and a backfill started together). Here that failure is accepted when the
-        row it lost to holds the configured default; anything else is raised as it came.
+        pool now has a row holding a default limit (with one warning per process if that limit is
+        not the configured one); anything else is raised as it came.
         """
         try:
             return super().initialize_concurrency_limit_to_default(concurrency_key)
